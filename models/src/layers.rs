@@ -1,0 +1,98 @@
+//! The small building blocks both families share: convolutions without bias, initialised as
+//! torchvision initialises them, and the classifier head.
+
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{Initializer, Linear, LinearConfig, PaddingConfig2d};
+use burn::tensor::Device;
+
+/// How a convolution's weights start: torchvision's ResNet uses
+/// `kaiming_normal_(mode="fan_out", nonlinearity="relu")`, DenseNet the default `fan_in` mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConvInit {
+    /// `std = sqrt(2 / (out_channels * k * k))`.
+    KaimingFanOut,
+    /// `std = sqrt(2 / (in_channels / groups * k * k))`.
+    KaimingFanIn,
+}
+
+/// Options of one bias-free `nn.Conv2d`.
+#[derive(Debug, Clone, Copy)]
+pub struct ConvSpec {
+    /// Input channels.
+    pub in_channels: usize,
+    /// Output channels.
+    pub out_channels: usize,
+    /// Square kernel side.
+    pub kernel: usize,
+    /// Stride in both directions.
+    pub stride: usize,
+    /// Zero padding on every side.
+    pub padding: usize,
+    /// Channel groups (ResNeXt).
+    pub groups: usize,
+    /// Weight initialisation.
+    pub init: ConvInit,
+}
+
+impl ConvSpec {
+    /// A `kernel x kernel` convolution with stride 1, padding `kernel / 2`, one group.
+    pub fn new(in_channels: usize, out_channels: usize, kernel: usize, init: ConvInit) -> Self {
+        Self {
+            in_channels,
+            out_channels,
+            kernel,
+            stride: 1,
+            padding: kernel / 2,
+            groups: 1,
+            init,
+        }
+    }
+
+    /// The same with another stride.
+    pub fn stride(self, stride: usize) -> Self {
+        Self { stride, ..self }
+    }
+
+    /// The same with another padding.
+    pub fn padding(self, padding: usize) -> Self {
+        Self { padding, ..self }
+    }
+
+    /// The same with channel groups.
+    pub fn groups(self, groups: usize) -> Self {
+        Self { groups, ..self }
+    }
+
+    /// Builds the layer on `device`.
+    pub fn init(self, device: &Device) -> Conv2d {
+        let k2 = (self.kernel * self.kernel) as f64;
+        // PyTorch's fan_out does not divide by groups, burn's does: compute it here.
+        let fan = match self.init {
+            ConvInit::KaimingFanOut => self.out_channels as f64 * k2,
+            ConvInit::KaimingFanIn => (self.in_channels / self.groups) as f64 * k2,
+        };
+        let p = self.padding;
+        Conv2dConfig::new([self.in_channels, self.out_channels], [self.kernel, self.kernel])
+            .with_stride([self.stride, self.stride])
+            .with_padding(PaddingConfig2d::Explicit(p, p, p, p))
+            .with_groups(self.groups)
+            .with_bias(false)
+            .with_initializer(Initializer::Normal {
+                mean: 0.0,
+                std: (2.0 / fan).sqrt(),
+            })
+            .init(device)
+    }
+}
+
+/// A fresh `nn.Linear(in_features, num_classes)` as PyTorch initialises it
+/// (`U(-1/sqrt(in), 1/sqrt(in))` for weight and bias).
+pub fn classifier(in_features: usize, num_classes: usize, device: &Device) -> Linear {
+    let bound = 1.0 / (in_features as f64).sqrt();
+    LinearConfig::new(in_features, num_classes)
+        .with_initializer(Initializer::Uniform {
+            min: -bound,
+            max: bound,
+        })
+        .init(device)
+}
