@@ -1,0 +1,38 @@
+//! Decoding an image file to 8-bit RGB: png, jpeg, bmp, gif and webp; grayscale and alpha
+//! become RGB. Files over the dimension limit are refused before their pixels are decoded, so
+//! a decompression bomb costs nothing.
+
+use std::path::Path;
+
+use image::{ImageReader, Limits, RgbImage};
+
+use crate::error::EngineError;
+
+/// Widest or tallest image kiln decodes.
+pub const MAX_SIDE: u32 = 16_384;
+/// Most bytes one decode may allocate.
+pub const MAX_ALLOC: u64 = 1 << 30;
+
+/// Decodes `path` to RGB; the error names the file and why.
+pub fn decode_rgb(path: &Path) -> Result<RgbImage, EngineError> {
+    let bad = |reason: String| EngineError::BadImage {
+        path: path.display().to_string(),
+        reason,
+    };
+    let mut reader = ImageReader::open(path)
+        .map_err(|e| bad(e.to_string()))?
+        .with_guessed_format()
+        .map_err(|e| bad(e.to_string()))?;
+    let mut limits = Limits::default();
+    limits.max_image_width = Some(MAX_SIDE);
+    limits.max_image_height = Some(MAX_SIDE);
+    limits.max_alloc = Some(MAX_ALLOC);
+    reader.limits(limits);
+    let image = reader.decode().map_err(|e| match e {
+        image::ImageError::Limits(l) => bad(format!(
+            "{l}: larger than the {MAX_SIDE}x{MAX_SIDE} limit (a decompression bomb?)"
+        )),
+        other => bad(other.to_string()),
+    })?;
+    Ok(image.to_rgb8())
+}

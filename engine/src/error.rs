@@ -1,0 +1,67 @@
+//! What can go wrong in the engine. The three errors users of the designer module know keep
+//! their names at the start of the message.
+
+use std::path::Path;
+
+/// An engine error; every message names the file, field or value at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// A dataset directory without class folders, or with images lying at its root.
+    #[error("NotLabeledDatasetError: {0}")]
+    NotLabeledDataset(String),
+    /// Train and validation sets whose classes differ.
+    #[error("InvalidDatasetError: {0}")]
+    InvalidDataset(String),
+    /// A model directory without a valid `kiln.json` or weights.
+    #[error("InvalidModelDirectoryError: {0}")]
+    InvalidModelDirectory(String),
+    /// An image that does not decode, or is too large to.
+    #[error("cannot decode image {path}: {reason}")]
+    BadImage {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// Input of the wrong shape or content.
+    #[error("{what}: {reason}; expected {expected}")]
+    BadInput {
+        /// The file or value.
+        what: String,
+        /// What was found.
+        reason: String,
+        /// What was expected.
+        expected: &'static str,
+    },
+    /// A bad training option.
+    #[error("invalid option {option} = {value}: expected {expected}")]
+    BadOption {
+        /// The option's name.
+        option: &'static str,
+        /// Its value.
+        value: String,
+        /// What it may be.
+        expected: String,
+    },
+    /// A file system error on a named path.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A model or weights error.
+    #[error(transparent)]
+    Model(#[from] kiln_models::ModelError),
+}
+
+impl EngineError {
+    /// An I/O error on `path`.
+    pub fn io(path: &Path, source: std::io::Error) -> Self {
+        EngineError::Io {
+            path: path.display().to_string(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! The kiln training engine.
+//!
+//! - [`data`]: image folders and their checks, decoding, transforms, the parallel loader and
+//!   per-rank sharding, IDX import.
+//! - [`train`]: [`train::Trainer`] and its configuration, SGD, schedules, early stopping,
+//!   checkpoints, metrics, progress.
+//! - [`model_dir`]: trained model directories (`model.safetensors` + `kiln.json`).
+//! - [`error`]: [`EngineError`].
+//!
+//! Distributed training (`dist`), the run history (`runs`) and job files (`job`) arrive with
+//! their issues.
+
+pub mod data;
+pub mod error;
+pub mod model_dir;
+pub mod train;
+
+pub use error::EngineError;
+pub use kiln_models as models;

@@ -1,0 +1,84 @@
+//! A trained model directory: `model.safetensors` under torchvision's names and `kiln.json`
+//! with the architecture, the class names in label order, and the preprocessing.
+
+use std::path::Path;
+
+use burn::tensor::Device;
+use kiln_models::{Arch, Model, torchvision};
+use serde::{Deserialize, Serialize};
+
+use crate::error::EngineError;
+
+/// The weights file in a model directory.
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+/// The description file in a model directory.
+pub const INFO_FILE: &str = "kiln.json";
+
+/// `kiln.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    /// torchvision architecture name.
+    pub arch: String,
+    /// Class names, in label order.
+    pub classes: Vec<String>,
+    /// Side of the square input the model was trained on.
+    pub image_size: u32,
+    /// Normalisation mean per channel.
+    pub mean: [f32; 3],
+    /// Normalisation std per channel.
+    pub std: [f32; 3],
+}
+
+/// Writes `model` and `info` into `dir` (created), each file whole or not at all.
+pub fn save(dir: &Path, model: &Model, info: &ModelInfo) -> Result<(), EngineError> {
+    std::fs::create_dir_all(dir).map_err(|e| EngineError::io(dir, e))?;
+    let metadata = [
+        ("arch".to_string(), info.arch.clone()),
+        ("format".to_string(), "pt".to_string()),
+    ]
+    .into_iter()
+    .collect();
+    torchvision::save_safetensors(model, &dir.join(WEIGHTS_FILE), Some(metadata))?;
+    let json = serde_json::to_string_pretty(info).expect("ModelInfo serialises");
+    torchvision::write_atomically(&dir.join(INFO_FILE), |tmp| {
+        std::fs::write(tmp, json.as_bytes()).map_err(|e| e.to_string())
+    })?;
+    Ok(())
+}
+
+/// Reads `dir/kiln.json`; `InvalidModelDirectoryError` names what is wrong.
+pub fn read_info(dir: &Path) -> Result<(ModelInfo, Arch), EngineError> {
+    let invalid = |what: String| EngineError::InvalidModelDirectory(what);
+    let path = dir.join(INFO_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        invalid(format!(
+            "{} has no readable {INFO_FILE} ({e}); a model directory holds {WEIGHTS_FILE} and {INFO_FILE}",
+            dir.display()
+        ))
+    })?;
+    let info: ModelInfo = serde_json::from_str(&text)
+        .map_err(|e| invalid(format!("{} is not valid: {e}", path.display())))?;
+    let arch: Arch = info
+        .arch
+        .parse()
+        .map_err(|e| invalid(format!("{}: {e}", path.display())))?;
+    if info.classes.is_empty() {
+        return Err(invalid(format!("{} lists no classes", path.display())));
+    }
+    Ok((info, arch))
+}
+
+/// Loads a model directory onto `device`, in eval mode.
+pub fn load(dir: &Path, device: &Device) -> Result<(Model, ModelInfo), EngineError> {
+    let (info, arch) = read_info(dir)?;
+    let weights = dir.join(WEIGHTS_FILE);
+    if !weights.is_file() {
+        return Err(EngineError::InvalidModelDirectory(format!(
+            "{} has no {WEIGHTS_FILE}",
+            dir.display()
+        )));
+    }
+    let model = torchvision::load(arch, &weights, Some(info.classes.len()), device)
+        .map_err(|e| EngineError::InvalidModelDirectory(e.to_string()))?;
+    Ok((model.set_training(false), info))
+}

@@ -1,0 +1,149 @@
+//! Checkpoints `outputs/checkpoints/epoch-N/`: the model (torchvision names), the optimizer's
+//! momentum buffers and the trainer's state. Each is written into a temporary directory that
+//! is renamed into place, so a crash never leaves a torn checkpoint; the last two and the best
+//! are kept.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use burn::tensor::TensorData;
+use kiln_models::{Model, torchvision};
+use serde::{Deserialize, Serialize};
+
+use crate::error::EngineError;
+use crate::train::early_stopping::EarlyStopping;
+
+/// One epoch's results.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochMetrics {
+    /// Epoch, from 1.
+    pub epoch: usize,
+    /// Mean training loss.
+    pub train_loss: f64,
+    /// Training top-1 accuracy.
+    pub train_acc: f64,
+    /// Mean validation loss.
+    pub val_loss: f64,
+    /// Validation top-1 accuracy.
+    pub val_acc: f64,
+    /// Validation top-5 accuracy.
+    pub val_top5: f64,
+    /// Training images per second.
+    pub images_per_s: f64,
+    /// Learning rate at the epoch's last step.
+    pub lr: f64,
+    /// Wall time of the epoch, training and validation.
+    pub epoch_time_s: f64,
+}
+
+/// What the trainer needs besides the weights to go on exactly where it stopped.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainerState {
+    /// Epochs completed.
+    pub epochs_done: usize,
+    /// Optimizer steps taken.
+    pub global_step: usize,
+    /// Early-stopping state.
+    pub early_stopping: EarlyStopping,
+    /// Every completed epoch's metrics.
+    pub history: Vec<EpochMetrics>,
+    /// Set when early stopping ended the run.
+    pub stopped_early: bool,
+}
+
+const MODEL: &str = "model.safetensors";
+const OPTIMIZER: &str = "optimizer.safetensors";
+const TRAINER: &str = "trainer.json";
+
+/// Directory of epoch `epoch`'s checkpoint under `root`.
+pub fn epoch_dir(root: &Path, epoch: usize) -> PathBuf {
+    root.join(format!("epoch-{epoch}"))
+}
+
+/// Writes a checkpoint for `state.epochs_done` under `root`, then removes all but the last two
+/// and the best.
+pub fn save(
+    root: &Path,
+    model: &Model,
+    optimizer: &BTreeMap<String, TensorData>,
+    state: &TrainerState,
+) -> Result<PathBuf, EngineError> {
+    let dir = epoch_dir(root, state.epochs_done);
+    let tmp = root.join(format!(".epoch-{}.tmp{}", state.epochs_done, std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| EngineError::io(&tmp, e))?;
+    torchvision::save_safetensors(model, &tmp.join(MODEL), None)?;
+    torchvision::write_safetensors(&tmp.join(OPTIMIZER), optimizer, None)?;
+    let json = serde_json::to_string_pretty(state).expect("TrainerState serialises");
+    std::fs::write(tmp.join(TRAINER), json).map_err(|e| EngineError::io(&tmp, e))?;
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::rename(&tmp, &dir).map_err(|e| EngineError::io(&dir, e))?;
+    prune(root, state)?;
+    Ok(dir)
+}
+
+fn epochs_in(root: &Path) -> Vec<usize> {
+    let mut epochs: Vec<usize> = std::fs::read_dir(root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.strip_prefix("epoch-"))
+                .and_then(|n| n.parse().ok())
+        })
+        .collect();
+    epochs.sort_unstable();
+    epochs
+}
+
+fn prune(root: &Path, state: &TrainerState) -> Result<(), EngineError> {
+    let epochs = epochs_in(root);
+    let best = state.early_stopping.best_epoch.map(|e| e + 1);
+    let keep_from = epochs.len().saturating_sub(2);
+    for (i, epoch) in epochs.iter().enumerate() {
+        if i < keep_from && Some(*epoch) != best {
+            let dir = epoch_dir(root, *epoch);
+            std::fs::remove_dir_all(&dir).map_err(|e| EngineError::io(&dir, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// The newest checkpoint under `path`: `path` itself if it is one, else the highest
+/// `epoch-N` in `path` or in `path/checkpoints`.
+pub fn latest(path: &Path) -> Option<PathBuf> {
+    if path.join(TRAINER).is_file() {
+        return Some(path.to_path_buf());
+    }
+    [path.to_path_buf(), path.join("checkpoints")]
+        .into_iter()
+        .find_map(|root| epochs_in(&root).last().map(|&e| epoch_dir(&root, e)))
+}
+
+/// A checkpoint read back.
+pub struct Checkpoint {
+    /// Model weights under torchvision's names.
+    pub model: torchvision::StateDict,
+    /// Momentum buffers by module path.
+    pub optimizer: BTreeMap<String, TensorData>,
+    /// Trainer state.
+    pub state: TrainerState,
+}
+
+/// Reads the checkpoint in `dir`.
+pub fn load(dir: &Path) -> Result<Checkpoint, EngineError> {
+    let text =
+        std::fs::read_to_string(dir.join(TRAINER)).map_err(|e| EngineError::io(&dir.join(TRAINER), e))?;
+    let state: TrainerState = serde_json::from_str(&text).map_err(|e| EngineError::BadInput {
+        what: dir.join(TRAINER).display().to_string(),
+        reason: e.to_string(),
+        expected: "a trainer state written by kiln",
+    })?;
+    Ok(Checkpoint {
+        model: torchvision::read_state_dict(&dir.join(MODEL))?,
+        optimizer: torchvision::read_safetensors(&dir.join(OPTIMIZER))?,
+        state,
+    })
+}

@@ -1,0 +1,16 @@
+//! Training: configuration, the loop, SGD, learning-rate schedules, early stopping,
+//! checkpoints, metrics, progress reporting and the curves plot.
+
+pub mod checkpoint;
+pub mod config;
+pub mod curves;
+pub mod early_stopping;
+pub mod metrics;
+pub mod progress;
+pub mod schedule;
+pub mod sgd;
+pub mod trainer;
+
+pub use config::{Monitor, Schedule, TrainConfig};
+pub use early_stopping::EarlyStopping;
+pub use trainer::{GradientHook, StopReason, TrainSummary, Trainer};

@@ -1,0 +1,134 @@
+//! SGD with momentum, dampening, Nesterov and weight decay, exactly as `torch.optim.SGD`
+//! steps, with a separate learning rate for the classifier head.
+//!
+//! The momentum buffers are keyed by module path (`layer1.0.conv1.weight`), not by parameter
+//! id, so a checkpoint written by one process resumes in another.
+
+use std::collections::BTreeMap;
+
+use burn::module::{Module, ModuleMapper, Param};
+use burn::optim::GradientsParams;
+use burn::tensor::{Tensor, TensorData};
+use kiln_models::Model;
+
+/// SGD hyper-parameters (PyTorch's names and meaning).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SgdConfig {
+    /// Momentum factor.
+    pub momentum: f64,
+    /// Dampening of the momentum's gradient term.
+    pub dampening: f64,
+    /// L2 penalty added to the gradient.
+    pub weight_decay: f64,
+    /// Nesterov momentum.
+    pub nesterov: bool,
+}
+
+/// The optimizer: hyper-parameters and one momentum buffer per trained parameter.
+#[derive(Debug, Clone)]
+pub struct Sgd {
+    /// Hyper-parameters.
+    pub config: SgdConfig,
+    buffers: BTreeMap<String, Tensor<1>>,
+}
+
+impl Sgd {
+    /// A fresh optimizer.
+    pub fn new(config: SgdConfig) -> Self {
+        Self {
+            config,
+            buffers: BTreeMap::new(),
+        }
+    }
+
+    /// One step: every parameter with a gradient in `grads` moves by the learning rate of its
+    /// group (`head_lr` for the classifier, `lr` elsewhere).
+    pub fn step(&mut self, model: Model, grads: GradientsParams, lr: f64, head_lr: f64) -> Model {
+        let mut step = Step {
+            sgd: self,
+            grads,
+            lr,
+            head_lr,
+            path: Vec::new(),
+        };
+        model.map(&mut step)
+    }
+
+    /// The momentum buffers, by module path, for a checkpoint.
+    pub fn state(&self) -> BTreeMap<String, TensorData> {
+        self.buffers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.to_data()))
+            .collect()
+    }
+
+    /// Restores buffers written by [`Sgd::state`] onto `device`.
+    pub fn load_state(&mut self, state: BTreeMap<String, TensorData>, device: &burn::tensor::Device) {
+        self.buffers = state
+            .into_iter()
+            .map(|(k, v)| (k, Tensor::from_data(v, device)))
+            .collect();
+    }
+
+    fn update(&mut self, path: &str, param: Tensor<1>, grad: Tensor<1>, lr: f64) -> Tensor<1> {
+        let c = self.config;
+        let mut g = grad;
+        if c.weight_decay != 0.0 {
+            g = g + param.clone().mul_scalar(c.weight_decay);
+        }
+        if c.momentum != 0.0 {
+            let buf = match self.buffers.remove(path) {
+                Some(buf) => buf.mul_scalar(c.momentum) + g.clone().mul_scalar(1.0 - c.dampening),
+                None => g.clone(),
+            };
+            g = if c.nesterov {
+                g + buf.clone().mul_scalar(c.momentum)
+            } else {
+                buf.clone()
+            };
+            self.buffers.insert(path.to_string(), buf);
+        }
+        param - g.mul_scalar(lr)
+    }
+}
+
+struct Step<'a> {
+    sgd: &'a mut Sgd,
+    grads: GradientsParams,
+    lr: f64,
+    head_lr: f64,
+    path: Vec<String>,
+}
+
+impl ModuleMapper for Step<'_> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let (id, tensor, mapper) = param.consume();
+        let Some(grad) = self.grads.remove::<D>(id) else {
+            return Param::from_mapped_value(id, tensor, mapper);
+        };
+        let path = self.path.join(".");
+        let head = path.starts_with("fc.") || path.starts_with("classifier.");
+        let lr = if head { self.head_lr } else { self.lr };
+        let require_grad = tensor.is_require_grad();
+        let shape = tensor.shape();
+        let n = shape.num_elements();
+        let flat = tensor.inner().reshape([n]);
+        let updated = self
+            .sgd
+            .update(&path, flat, grad.reshape([n]), lr)
+            .reshape(shape);
+        let mut updated = Tensor::from_inner(updated);
+        if require_grad {
+            updated = updated.require_grad();
+        }
+        Param::from_mapped_value(id, updated, mapper)
+    }
+}

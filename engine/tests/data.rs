@@ -1,0 +1,244 @@
+//! Image folders, decoding, transforms, the loader and IDX import, by behaviour.
+
+use std::path::{Path, PathBuf};
+
+use image::{DynamicImage, GrayImage, ImageFormat, Rgb, RgbImage, RgbaImage};
+use kiln_engine::EngineError;
+use kiln_engine::data::decode::decode_rgb;
+use kiln_engine::data::idx::{FASHION_MNIST_CLASSES, ImportLimit, import_fashion_mnist, read_idx};
+use kiln_engine::data::transform::{IMAGENET_MEAN, IMAGENET_STD};
+use kiln_engine::data::{Augment, ImageFolder, Loader, LoaderConfig, Sampler, check_same_classes};
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("kiln-data-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+fn write_image(path: &Path, seed: u8) {
+    std::fs::create_dir_all(path.parent().expect("parent")).expect("dir");
+    let img = RgbImage::from_fn(40, 30, |x, y| Rgb([seed.wrapping_add(x as u8), y as u8 * 3, 7]));
+    img.save(path).expect("save image");
+}
+
+fn folder(root: &Path, classes: &[(&str, usize)]) {
+    for (class, n) in classes {
+        std::fs::create_dir_all(root.join(class)).expect("dir");
+        for i in 0..*n {
+            write_image(&root.join(class).join(format!("{i}.png")), i as u8);
+        }
+    }
+}
+
+#[test]
+fn classes_are_sorted_as_torchvision_sorts_them() {
+    let root = tmp("sorted");
+    folder(&root, &[("zebra", 2), ("Apple", 2), ("mango", 2), ("banana", 2)]);
+    let f = ImageFolder::scan(&root).expect("scan");
+    // Python's sorted(): byte order, capitals first.
+    assert_eq!(f.classes, ["Apple", "banana", "mango", "zebra"]);
+    assert_eq!(f.samples.len(), 8);
+    assert_eq!(f.samples[0].1, 0);
+    assert_eq!(f.samples[7].1, 3);
+    assert!(f.samples[0].0.ends_with("Apple/0.png"));
+}
+
+#[test]
+fn no_class_folders_is_not_labeled() {
+    let root = tmp("empty");
+    let err = ImageFolder::scan(&root).expect_err("no classes");
+    assert!(matches!(err, EngineError::NotLabeledDataset(_)));
+    assert!(err.to_string().starts_with("NotLabeledDatasetError"), "{err}");
+    assert!(err.to_string().contains(&root.display().to_string()), "{err}");
+}
+
+#[test]
+fn images_at_the_root_are_not_labeled() {
+    let root = tmp("loose");
+    folder(&root, &[("cat", 2)]);
+    write_image(&root.join("stray.png"), 1);
+    let err = ImageFolder::scan(&root).expect_err("loose image");
+    let msg = err.to_string();
+    assert!(msg.starts_with("NotLabeledDatasetError") && msg.contains("stray.png"), "{msg}");
+}
+
+#[test]
+fn different_class_sets_name_both_sides() {
+    let (a, b) = (tmp("train-set"), tmp("val-set"));
+    folder(&a, &[("cat", 2), ("dog", 2), ("owl", 2)]);
+    folder(&b, &[("cat", 2), ("dog", 2), ("emu", 2)]);
+    let err = check_same_classes(&ImageFolder::scan(&a).unwrap(), &ImageFolder::scan(&b).unwrap())
+        .expect_err("differ");
+    let msg = err.to_string();
+    assert!(msg.starts_with("InvalidDatasetError"), "{msg}");
+    assert!(msg.contains("only in train: [owl]") && msg.contains("only in validation: [emu]"), "{msg}");
+}
+
+#[test]
+fn empty_and_lone_classes_are_warned_about() {
+    let root = tmp("warn");
+    folder(&root, &[("cat", 3), ("dog", 1), ("owl", 0)]);
+    let f = ImageFolder::scan(&root).expect("scan");
+    assert_eq!(f.warnings.len(), 2, "{:?}", f.warnings);
+    assert!(f.warnings.iter().any(|w| w.contains("'dog'") && w.contains("only one")));
+    assert!(f.warnings.iter().any(|w| w.contains("'owl'") && w.contains("no images")));
+}
+
+#[test]
+fn decodes_every_format_to_rgb() {
+    let dir = tmp("formats");
+    let rgb = RgbImage::from_fn(9, 7, |x, y| Rgb([x as u8 * 20, y as u8 * 30, 100]));
+    let cases: Vec<(&str, DynamicImage, ImageFormat)> = vec![
+        ("a.png", DynamicImage::ImageRgb8(rgb.clone()), ImageFormat::Png),
+        ("a.jpg", DynamicImage::ImageRgb8(rgb.clone()), ImageFormat::Jpeg),
+        ("a.bmp", DynamicImage::ImageRgb8(rgb.clone()), ImageFormat::Bmp),
+        ("a.gif", DynamicImage::ImageRgba8(DynamicImage::ImageRgb8(rgb.clone()).to_rgba8()), ImageFormat::Gif),
+        ("a.webp", DynamicImage::ImageRgba8(DynamicImage::ImageRgb8(rgb.clone()).to_rgba8()), ImageFormat::WebP),
+        ("gray.png", DynamicImage::ImageLuma8(GrayImage::from_pixel(9, 7, image::Luma([77]))), ImageFormat::Png),
+        ("rgba.png", DynamicImage::ImageRgba8(RgbaImage::from_pixel(9, 7, image::Rgba([1, 2, 3, 4]))), ImageFormat::Png),
+    ];
+    for (name, img, format) in cases {
+        let path = dir.join(name);
+        img.save_with_format(&path, format).expect("encode");
+        let out = decode_rgb(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(out.dimensions(), (9, 7), "{name}");
+        if name == "gray.png" {
+            assert_eq!(out.get_pixel(3, 3), &Rgb([77, 77, 77]));
+        }
+        if name == "rgba.png" {
+            assert_eq!(out.get_pixel(0, 0), &Rgb([1, 2, 3]));
+        }
+    }
+}
+
+#[test]
+fn a_broken_image_error_names_the_file() {
+    let dir = tmp("broken");
+    let path = dir.join("broken.png");
+    std::fs::write(&path, b"\x89PNG\r\n\x1a\nnot really").expect("write");
+    let msg = decode_rgb(&path).expect_err("broken").to_string();
+    assert!(msg.contains("broken.png"), "{msg}");
+}
+
+#[test]
+fn a_decompression_bomb_is_refused_before_decoding() {
+    // A real 1x1 PNG whose header claims 100000 x 100000 pixels.
+    let dir = tmp("bomb");
+    let small = dir.join("small.png");
+    RgbImage::from_pixel(1, 1, Rgb([1, 2, 3])).save(&small).expect("png");
+    let mut bytes = std::fs::read(&small).expect("read");
+    bytes[16..20].copy_from_slice(&100_000u32.to_be_bytes());
+    bytes[20..24].copy_from_slice(&100_000u32.to_be_bytes());
+    let mut crc = flate2::Crc::new();
+    crc.update(&bytes[12..29]);
+    bytes[29..33].copy_from_slice(&crc.sum().to_be_bytes());
+    let bomb = dir.join("bomb.png");
+    std::fs::write(&bomb, bytes).expect("write");
+    let msg = decode_rgb(&bomb).expect_err("bomb").to_string();
+    assert!(msg.contains("bomb.png") && msg.contains("limit"), "{msg}");
+}
+
+#[test]
+fn sampler_matches_distributed_sampler_padding_and_striding() {
+    let s = |rank| Sampler { len: 10, world: 3, rank, shuffle: false, seed: 0 };
+    // torch: indices 0..9 padded with 0, 1 to 12; rank r takes r::3.
+    assert_eq!(s(0).indices(0), [0, 3, 6, 9]);
+    assert_eq!(s(1).indices(0), [1, 4, 7, 0]);
+    assert_eq!(s(2).indices(0), [2, 5, 8, 1]);
+    let shuffled = |rank, epoch| Sampler { shuffle: true, ..s(rank) }.indices(epoch);
+    let mut all: Vec<usize> = (0..3).flat_map(|r| shuffled(r, 4)).collect();
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(all.len(), 10, "the shards cover the dataset");
+    assert_ne!(shuffled(0, 1), shuffled(0, 2), "reshuffled per epoch");
+    assert_eq!(shuffled(0, 1), shuffled(0, 1), "deterministic for a seed");
+}
+
+fn loader(samples: Vec<(PathBuf, usize)>, workers: usize, skip: bool) -> Loader {
+    Loader::new(
+        samples,
+        LoaderConfig {
+            batch_size: 4,
+            image_size: 16,
+            augment: Some(Augment::Standard),
+            seed: 9,
+            workers,
+            prefetch: 2,
+            skip_bad_images: skip,
+            mean: IMAGENET_MEAN,
+            std: IMAGENET_STD,
+        },
+    )
+    .expect("loader")
+}
+
+#[test]
+fn loader_batches_are_the_same_for_any_worker_count() {
+    let root = tmp("loader");
+    folder(&root, &[("a", 5), ("b", 6)]);
+    let f = ImageFolder::scan(&root).expect("scan");
+    let idx: Vec<usize> = (0..f.len()).collect();
+    let one: Vec<_> = loader(f.samples.clone(), 1, false).batches(3, idx.clone()).map(Result::unwrap).collect();
+    let two: Vec<_> = loader(f.samples.clone(), 2, false).batches(3, idx.clone()).map(Result::unwrap).collect();
+    assert_eq!(one, two);
+    assert_eq!(one.iter().map(|b| b.len()).collect::<Vec<_>>(), [4, 4, 3]);
+    assert_eq!(one[0].images.len(), 4 * 3 * 16 * 16);
+    let other_epoch: Vec<_> = loader(f.samples.clone(), 2, false).batches(4, idx).map(Result::unwrap).collect();
+    assert_ne!(one[0].images, other_epoch[0].images, "augmentation differs per epoch");
+}
+
+#[test]
+fn bad_images_fail_the_loader_or_are_skipped_and_counted() {
+    let root = tmp("skip");
+    folder(&root, &[("a", 3)]);
+    std::fs::write(root.join("a/zz-broken.png"), b"garbage").expect("write");
+    let f = ImageFolder::scan(&root).expect("scan");
+    let idx: Vec<usize> = (0..f.len()).collect();
+    let err = loader(f.samples.clone(), 1, false)
+        .batches(0, idx.clone())
+        .find_map(Result::err)
+        .expect("an error");
+    assert!(err.to_string().contains("zz-broken.png"), "{err}");
+    let batches: Vec<_> = loader(f.samples, 1, true).batches(0, idx).map(Result::unwrap).collect();
+    let skipped: usize = batches.iter().map(|b| b.skipped.len()).sum();
+    let kept: usize = batches.iter().map(|b| b.len()).sum();
+    assert_eq!((skipped, kept), (1, 3));
+}
+
+fn write_idx(path: &Path, dims: &[u32], data: &[u8]) {
+    let mut bytes = vec![0, 0, 8, dims.len() as u8];
+    for d in dims {
+        bytes.extend(d.to_be_bytes());
+    }
+    bytes.extend(data);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &bytes).expect("gzip");
+    std::fs::write(path, gz.finish().expect("gzip")).expect("write");
+}
+
+#[test]
+fn imports_fashion_mnist_idx_to_an_image_folder() {
+    let src = tmp("idx-src");
+    let dest = tmp("idx-dest");
+    let images: Vec<u8> = (0..12 * 4).map(|i| i as u8).collect();
+    let labels: Vec<u8> = (0..12).map(|i| (i % 10) as u8).collect();
+    for split in ["train", "t10k"] {
+        write_idx(&src.join(format!("{split}-images-idx3-ubyte.gz")), &[12, 2, 2], &images);
+        write_idx(&src.join(format!("{split}-labels-idx1-ubyte.gz")), &[12], &labels);
+    }
+    let (train, val) = import_fashion_mnist(&src, &dest, ImportLimit { train_per_class: Some(1), val_per_class: None })
+        .expect("import");
+    assert_eq!((train, val), (10, 12));
+    let f = ImageFolder::scan(&dest.join("val")).expect("scan");
+    let mut sorted = FASHION_MNIST_CLASSES.map(String::from).to_vec();
+    sorted.sort();
+    assert_eq!(f.classes, sorted);
+    let first = image::open(dest.join("val/T-shirt_top/00000.png")).expect("png").to_luma8();
+    assert_eq!(first.as_raw(), &[0, 1, 2, 3]);
+    let idx = read_idx(&src.join("train-labels-idx1-ubyte.gz")).expect("idx");
+    assert_eq!(idx.dims, [12]);
+    std::fs::write(src.join("bad-idx"), b"\x00\x00\x08\x01\x00\x00\x00\x09abc").expect("write");
+    let msg = read_idx(&src.join("bad-idx")).expect_err("short").to_string();
+    assert!(msg.contains("bad-idx") && msg.contains("need 9 values"), "{msg}");
+}
