@@ -74,9 +74,11 @@ fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|kb| kb.parse::<f64>().ok())
+            })
         })
         .map_or(0.0, |kb| kb / 1024.0)
 }
@@ -108,7 +110,11 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
                 Distribution::Normal(0.0, 1.0),
                 &device,
             );
-            let y = Tensor::<1, Int>::random([batch_size], Distribution::Uniform(0.0, classes as f64), &device);
+            let y = Tensor::<1, Int>::random(
+                [batch_size],
+                Distribution::Uniform(0.0, classes as f64),
+                &device,
+            );
             let mut times = Vec::new();
             for i in 0..steps + 2 {
                 let t = Instant::now();
@@ -132,10 +138,18 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
                     })
                 );
             } else {
-                println!("{:<12} {:>6} {:>6} {:>12} {:>10} {:>10}", "arch", "batch", "px", "step ms", "img/s", "RSS MiB");
+                println!(
+                    "{:<12} {:>6} {:>6} {:>12} {:>10} {:>10}",
+                    "arch", "batch", "px", "step ms", "img/s", "RSS MiB"
+                );
                 println!(
                     "{:<12} {:>6} {:>6} {:>12.1} {:>10.1} {:>10.0}",
-                    arch.name(), batch_size, image_size, step_ms, ips, peak_rss_mb()
+                    arch.name(),
+                    batch_size,
+                    image_size,
+                    step_ms,
+                    ips,
+                    peak_rss_mb()
                 );
             }
         }
@@ -161,7 +175,13 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
                     std: IMAGENET_STD,
                 },
             )?;
-            let sampler = Sampler { len: folder.len(), world: 1, rank: 0, shuffle: true, seed: 1 };
+            let sampler = Sampler {
+                len: folder.len(),
+                world: 1,
+                rank: 0,
+                shuffle: true,
+                seed: 1,
+            };
             let start = Instant::now();
             let mut images = 0;
             for batch in loader.batches(0, sampler.indices(0)) {
@@ -175,8 +195,17 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
                         "images_per_s": images as f64 / secs, "peak_rss_mb": peak_rss_mb()})
                 );
             } else {
-                println!("{:<8} {:>10} {:>10} {:>10}", "images", "seconds", "img/s", "RSS MiB");
-                println!("{:<8} {:>10.2} {:>10.1} {:>10.0}", images, secs, images as f64 / secs, peak_rss_mb());
+                println!(
+                    "{:<8} {:>10} {:>10} {:>10}",
+                    "images", "seconds", "img/s", "RSS MiB"
+                );
+                println!(
+                    "{:<8} {:>10.2} {:>10.1} {:>10.0}",
+                    images,
+                    secs,
+                    images as f64 / secs,
+                    peak_rss_mb()
+                );
             }
         }
     }

@@ -51,7 +51,10 @@ pub fn run(args: DataArgs) -> Result<ExitCode> {
                 val_per_class,
             };
             let (train, val) = import_fashion_mnist(&src, &dest, limit)?;
-            println!("wrote {train} training and {val} validation images to {}", dest.display());
+            println!(
+                "wrote {train} training and {val} validation images to {}",
+                dest.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -60,7 +60,9 @@ pub fn run(args: PredictArgs) -> Result<ExitCode> {
         (None, Some(_)) => bail!("--logits-out needs --input-tensor FILE.safetensors"),
         (None, None) => {
             let Some(model) = &args.model else {
-                bail!("give --model DIR and images, or --arch NAME --weights FILE with --input-tensor/--logits-out");
+                bail!(
+                    "give --model DIR and images, or --arch NAME --weights FILE with --input-tensor/--logits-out"
+                );
             };
             if args.inputs.is_empty() {
                 bail!("no images given: kiln predict --model DIR IMAGE_OR_DIR...");
@@ -119,7 +121,12 @@ fn image_paths(inputs: &[PathBuf]) -> Vec<PathBuf> {
     out
 }
 
-fn predict_images(dir: &Path, inputs: &[PathBuf], top_k: usize, format: Format) -> Result<ExitCode> {
+fn predict_images(
+    dir: &Path,
+    inputs: &[PathBuf],
+    top_k: usize,
+    format: Format,
+) -> Result<ExitCode> {
     let device = Device::flex();
     let (model, info) = model_dir::load(dir, &device)?;
     let size = info.image_size;
@@ -136,10 +143,18 @@ fn predict_images(dir: &Path, inputs: &[PathBuf], top_k: usize, format: Format) 
             }
         };
         let mut floats = Vec::new();
-        normalize_into(&eval_transform(&image, size), info.mean, info.std, &mut floats);
+        normalize_into(
+            &eval_transform(&image, size),
+            info.mean,
+            info.std,
+            &mut floats,
+        );
         let s = size as usize;
         let x = Tensor::<4>::from_data(TensorData::new(floats, [1, 3, s, s]), &device);
-        let probs = softmax(model.forward(x), 1).into_data().try_to_vec::<f32>().unwrap_or_default();
+        let probs = softmax(model.forward(x), 1)
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap_or_default();
         let mut order: Vec<usize> = (0..probs.len()).collect();
         order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
         let top: Vec<(String, f32)> = order[..k]
@@ -173,12 +188,22 @@ fn predict_images(dir: &Path, inputs: &[PathBuf], top_k: usize, format: Format) 
             println!("path,rank,class,probability");
             for (path, top) in &rows {
                 for (rank, (class, p)) in top.iter().enumerate() {
-                    println!("{},{},{},{}", csv_field(&path.display().to_string()), rank + 1, csv_field(class), p);
+                    println!(
+                        "{},{},{},{}",
+                        csv_field(&path.display().to_string()),
+                        rank + 1,
+                        csv_field(class),
+                        p
+                    );
                 }
             }
         }
     }
-    Ok(if failed > 0 { ExitCode::from(2) } else { ExitCode::SUCCESS })
+    Ok(if failed > 0 {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn csv_field(text: &str) -> String {
@@ -221,7 +246,10 @@ fn read_input(path: &Path, device: &Device) -> Result<Tensor<4>> {
         .chunks_exact(4)
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
         .collect();
-    Ok(Tensor::from_data(TensorData::new(values, view.shape().to_vec()), device))
+    Ok(Tensor::from_data(
+        TensorData::new(values, view.shape().to_vec()),
+        device,
+    ))
 }
 
 fn write_logits(path: &Path, logits: TensorData) -> Result<()> {

@@ -107,8 +107,10 @@ fn job_train_table(path: &PathBuf) -> Result<TrainConfig> {
         #[serde(default)]
         train: Option<toml::Value>,
     }
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let job: Job = toml::from_str(&text).with_context(|| format!("{} is not valid TOML", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let job: Job =
+        toml::from_str(&text).with_context(|| format!("{} is not valid TOML", path.display()))?;
     let table = job.train.unwrap_or(toml::Value::Table(Default::default()));
     let config: TrainConfig = table
         .try_into()
@@ -133,12 +135,34 @@ pub fn config(args: TrainArgs) -> Result<TrainConfig> {
     macro_rules! set {
         ($($field:ident),*) => {$(if let Some(v) = args.$field { c.$field = v.into(); })*};
     }
-    set!(arch, epochs, batch_size, lr, momentum, dampening, weight_decay, warmup_epochs, seed,
-         patience, min_delta, output_dir);
+    set!(
+        arch,
+        epochs,
+        batch_size,
+        lr,
+        momentum,
+        dampening,
+        weight_decay,
+        warmup_epochs,
+        seed,
+        patience,
+        min_delta,
+        output_dir
+    );
     macro_rules! set_opt {
         ($($field:ident),*) => {$(if args.$field.is_some() { c.$field = args.$field; })*};
     }
-    set_opt!(data, train, val, pretrained, head_lr, image_size, workers, resume, max_steps_per_epoch);
+    set_opt!(
+        data,
+        train,
+        val,
+        pretrained,
+        head_lr,
+        image_size,
+        workers,
+        resume,
+        max_steps_per_epoch
+    );
     if let Some(device) = args.device {
         c.device = device;
     }
@@ -154,7 +178,9 @@ pub fn config(args: TrainArgs) -> Result<TrainConfig> {
     c.freeze_backbone |= args.freeze_backbone;
     c.nesterov |= args.nesterov;
     c.skip_bad_images |= args.skip_bad_images;
-    if let Some(outputs) = std::env::var_os("KILN_OUTPUTS").filter(|_| c.output_dir == PathBuf::from("outputs")) {
+    if let Some(outputs) =
+        std::env::var_os("KILN_OUTPUTS").filter(|_| c.output_dir == PathBuf::from("outputs"))
+    {
         c.output_dir = PathBuf::from(outputs);
     }
     Ok(c)

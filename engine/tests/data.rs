@@ -18,7 +18,9 @@ fn tmp(name: &str) -> PathBuf {
 
 fn write_image(path: &Path, seed: u8) {
     std::fs::create_dir_all(path.parent().expect("parent")).expect("dir");
-    let img = RgbImage::from_fn(40, 30, |x, y| Rgb([seed.wrapping_add(x as u8), y as u8 * 3, 7]));
+    let img = RgbImage::from_fn(40, 30, |x, y| {
+        Rgb([seed.wrapping_add(x as u8), y as u8 * 3, 7])
+    });
     img.save(path).expect("save image");
 }
 
@@ -34,7 +36,10 @@ fn folder(root: &Path, classes: &[(&str, usize)]) {
 #[test]
 fn classes_are_sorted_as_torchvision_sorts_them() {
     let root = tmp("sorted");
-    folder(&root, &[("zebra", 2), ("Apple", 2), ("mango", 2), ("banana", 2)]);
+    folder(
+        &root,
+        &[("zebra", 2), ("Apple", 2), ("mango", 2), ("banana", 2)],
+    );
     let f = ImageFolder::scan(&root).expect("scan");
     // Python's sorted(): byte order, capitals first.
     assert_eq!(f.classes, ["Apple", "banana", "mango", "zebra"]);
@@ -49,8 +54,14 @@ fn no_class_folders_is_not_labeled() {
     let root = tmp("empty");
     let err = ImageFolder::scan(&root).expect_err("no classes");
     assert!(matches!(err, EngineError::NotLabeledDataset(_)));
-    assert!(err.to_string().starts_with("NotLabeledDatasetError"), "{err}");
-    assert!(err.to_string().contains(&root.display().to_string()), "{err}");
+    assert!(
+        err.to_string().starts_with("NotLabeledDatasetError"),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains(&root.display().to_string()),
+        "{err}"
+    );
 }
 
 #[test]
@@ -60,7 +71,10 @@ fn images_at_the_root_are_not_labeled() {
     write_image(&root.join("stray.png"), 1);
     let err = ImageFolder::scan(&root).expect_err("loose image");
     let msg = err.to_string();
-    assert!(msg.starts_with("NotLabeledDatasetError") && msg.contains("stray.png"), "{msg}");
+    assert!(
+        msg.starts_with("NotLabeledDatasetError") && msg.contains("stray.png"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -68,11 +82,17 @@ fn different_class_sets_name_both_sides() {
     let (a, b) = (tmp("train-set"), tmp("val-set"));
     folder(&a, &[("cat", 2), ("dog", 2), ("owl", 2)]);
     folder(&b, &[("cat", 2), ("dog", 2), ("emu", 2)]);
-    let err = check_same_classes(&ImageFolder::scan(&a).unwrap(), &ImageFolder::scan(&b).unwrap())
-        .expect_err("differ");
+    let err = check_same_classes(
+        &ImageFolder::scan(&a).unwrap(),
+        &ImageFolder::scan(&b).unwrap(),
+    )
+    .expect_err("differ");
     let msg = err.to_string();
     assert!(msg.starts_with("InvalidDatasetError"), "{msg}");
-    assert!(msg.contains("only in train: [owl]") && msg.contains("only in validation: [emu]"), "{msg}");
+    assert!(
+        msg.contains("only in train: [owl]") && msg.contains("only in validation: [emu]"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -81,8 +101,16 @@ fn empty_and_lone_classes_are_warned_about() {
     folder(&root, &[("cat", 3), ("dog", 1), ("owl", 0)]);
     let f = ImageFolder::scan(&root).expect("scan");
     assert_eq!(f.warnings.len(), 2, "{:?}", f.warnings);
-    assert!(f.warnings.iter().any(|w| w.contains("'dog'") && w.contains("only one")));
-    assert!(f.warnings.iter().any(|w| w.contains("'owl'") && w.contains("no images")));
+    assert!(
+        f.warnings
+            .iter()
+            .any(|w| w.contains("'dog'") && w.contains("only one"))
+    );
+    assert!(
+        f.warnings
+            .iter()
+            .any(|w| w.contains("'owl'") && w.contains("no images"))
+    );
 }
 
 #[test]
@@ -90,13 +118,41 @@ fn decodes_every_format_to_rgb() {
     let dir = tmp("formats");
     let rgb = RgbImage::from_fn(9, 7, |x, y| Rgb([x as u8 * 20, y as u8 * 30, 100]));
     let cases: Vec<(&str, DynamicImage, ImageFormat)> = vec![
-        ("a.png", DynamicImage::ImageRgb8(rgb.clone()), ImageFormat::Png),
-        ("a.jpg", DynamicImage::ImageRgb8(rgb.clone()), ImageFormat::Jpeg),
-        ("a.bmp", DynamicImage::ImageRgb8(rgb.clone()), ImageFormat::Bmp),
-        ("a.gif", DynamicImage::ImageRgba8(DynamicImage::ImageRgb8(rgb.clone()).to_rgba8()), ImageFormat::Gif),
-        ("a.webp", DynamicImage::ImageRgba8(DynamicImage::ImageRgb8(rgb.clone()).to_rgba8()), ImageFormat::WebP),
-        ("gray.png", DynamicImage::ImageLuma8(GrayImage::from_pixel(9, 7, image::Luma([77]))), ImageFormat::Png),
-        ("rgba.png", DynamicImage::ImageRgba8(RgbaImage::from_pixel(9, 7, image::Rgba([1, 2, 3, 4]))), ImageFormat::Png),
+        (
+            "a.png",
+            DynamicImage::ImageRgb8(rgb.clone()),
+            ImageFormat::Png,
+        ),
+        (
+            "a.jpg",
+            DynamicImage::ImageRgb8(rgb.clone()),
+            ImageFormat::Jpeg,
+        ),
+        (
+            "a.bmp",
+            DynamicImage::ImageRgb8(rgb.clone()),
+            ImageFormat::Bmp,
+        ),
+        (
+            "a.gif",
+            DynamicImage::ImageRgba8(DynamicImage::ImageRgb8(rgb.clone()).to_rgba8()),
+            ImageFormat::Gif,
+        ),
+        (
+            "a.webp",
+            DynamicImage::ImageRgba8(DynamicImage::ImageRgb8(rgb.clone()).to_rgba8()),
+            ImageFormat::WebP,
+        ),
+        (
+            "gray.png",
+            DynamicImage::ImageLuma8(GrayImage::from_pixel(9, 7, image::Luma([77]))),
+            ImageFormat::Png,
+        ),
+        (
+            "rgba.png",
+            DynamicImage::ImageRgba8(RgbaImage::from_pixel(9, 7, image::Rgba([1, 2, 3, 4]))),
+            ImageFormat::Png,
+        ),
     ];
     for (name, img, format) in cases {
         let path = dir.join(name);
@@ -126,7 +182,9 @@ fn a_decompression_bomb_is_refused_before_decoding() {
     // A real 1x1 PNG whose header claims 100000 x 100000 pixels.
     let dir = tmp("bomb");
     let small = dir.join("small.png");
-    RgbImage::from_pixel(1, 1, Rgb([1, 2, 3])).save(&small).expect("png");
+    RgbImage::from_pixel(1, 1, Rgb([1, 2, 3]))
+        .save(&small)
+        .expect("png");
     let mut bytes = std::fs::read(&small).expect("read");
     bytes[16..20].copy_from_slice(&100_000u32.to_be_bytes());
     bytes[20..24].copy_from_slice(&100_000u32.to_be_bytes());
@@ -141,12 +199,24 @@ fn a_decompression_bomb_is_refused_before_decoding() {
 
 #[test]
 fn sampler_matches_distributed_sampler_padding_and_striding() {
-    let s = |rank| Sampler { len: 10, world: 3, rank, shuffle: false, seed: 0 };
+    let s = |rank| Sampler {
+        len: 10,
+        world: 3,
+        rank,
+        shuffle: false,
+        seed: 0,
+    };
     // torch: indices 0..9 padded with 0, 1 to 12; rank r takes r::3.
     assert_eq!(s(0).indices(0), [0, 3, 6, 9]);
     assert_eq!(s(1).indices(0), [1, 4, 7, 0]);
     assert_eq!(s(2).indices(0), [2, 5, 8, 1]);
-    let shuffled = |rank, epoch| Sampler { shuffle: true, ..s(rank) }.indices(epoch);
+    let shuffled = |rank, epoch| {
+        Sampler {
+            shuffle: true,
+            ..s(rank)
+        }
+        .indices(epoch)
+    };
     let mut all: Vec<usize> = (0..3).flat_map(|r| shuffled(r, 4)).collect();
     all.sort_unstable();
     all.dedup();
@@ -179,13 +249,25 @@ fn loader_batches_are_the_same_for_any_worker_count() {
     folder(&root, &[("a", 5), ("b", 6)]);
     let f = ImageFolder::scan(&root).expect("scan");
     let idx: Vec<usize> = (0..f.len()).collect();
-    let one: Vec<_> = loader(f.samples.clone(), 1, false).batches(3, idx.clone()).map(Result::unwrap).collect();
-    let two: Vec<_> = loader(f.samples.clone(), 2, false).batches(3, idx.clone()).map(Result::unwrap).collect();
+    let one: Vec<_> = loader(f.samples.clone(), 1, false)
+        .batches(3, idx.clone())
+        .map(Result::unwrap)
+        .collect();
+    let two: Vec<_> = loader(f.samples.clone(), 2, false)
+        .batches(3, idx.clone())
+        .map(Result::unwrap)
+        .collect();
     assert_eq!(one, two);
     assert_eq!(one.iter().map(|b| b.len()).collect::<Vec<_>>(), [4, 4, 3]);
     assert_eq!(one[0].images.len(), 4 * 3 * 16 * 16);
-    let other_epoch: Vec<_> = loader(f.samples.clone(), 2, false).batches(4, idx).map(Result::unwrap).collect();
-    assert_ne!(one[0].images, other_epoch[0].images, "augmentation differs per epoch");
+    let other_epoch: Vec<_> = loader(f.samples.clone(), 2, false)
+        .batches(4, idx)
+        .map(Result::unwrap)
+        .collect();
+    assert_ne!(
+        one[0].images, other_epoch[0].images,
+        "augmentation differs per epoch"
+    );
 }
 
 #[test]
@@ -200,7 +282,10 @@ fn bad_images_fail_the_loader_or_are_skipped_and_counted() {
         .find_map(Result::err)
         .expect("an error");
     assert!(err.to_string().contains("zz-broken.png"), "{err}");
-    let batches: Vec<_> = loader(f.samples, 1, true).batches(0, idx).map(Result::unwrap).collect();
+    let batches: Vec<_> = loader(f.samples, 1, true)
+        .batches(0, idx)
+        .map(Result::unwrap)
+        .collect();
     let skipped: usize = batches.iter().map(|b| b.skipped.len()).sum();
     let kept: usize = batches.iter().map(|b| b.len()).sum();
     assert_eq!((skipped, kept), (1, 3));
@@ -224,21 +309,43 @@ fn imports_fashion_mnist_idx_to_an_image_folder() {
     let images: Vec<u8> = (0..12 * 4).map(|i| i as u8).collect();
     let labels: Vec<u8> = (0..12).map(|i| (i % 10) as u8).collect();
     for split in ["train", "t10k"] {
-        write_idx(&src.join(format!("{split}-images-idx3-ubyte.gz")), &[12, 2, 2], &images);
-        write_idx(&src.join(format!("{split}-labels-idx1-ubyte.gz")), &[12], &labels);
+        write_idx(
+            &src.join(format!("{split}-images-idx3-ubyte.gz")),
+            &[12, 2, 2],
+            &images,
+        );
+        write_idx(
+            &src.join(format!("{split}-labels-idx1-ubyte.gz")),
+            &[12],
+            &labels,
+        );
     }
-    let (train, val) = import_fashion_mnist(&src, &dest, ImportLimit { train_per_class: Some(1), val_per_class: None })
-        .expect("import");
+    let (train, val) = import_fashion_mnist(
+        &src,
+        &dest,
+        ImportLimit {
+            train_per_class: Some(1),
+            val_per_class: None,
+        },
+    )
+    .expect("import");
     assert_eq!((train, val), (10, 12));
     let f = ImageFolder::scan(&dest.join("val")).expect("scan");
     let mut sorted = FASHION_MNIST_CLASSES.map(String::from).to_vec();
     sorted.sort();
     assert_eq!(f.classes, sorted);
-    let first = image::open(dest.join("val/T-shirt_top/00000.png")).expect("png").to_luma8();
+    let first = image::open(dest.join("val/T-shirt_top/00000.png"))
+        .expect("png")
+        .to_luma8();
     assert_eq!(first.as_raw(), &[0, 1, 2, 3]);
     let idx = read_idx(&src.join("train-labels-idx1-ubyte.gz")).expect("idx");
     assert_eq!(idx.dims, [12]);
     std::fs::write(src.join("bad-idx"), b"\x00\x00\x08\x01\x00\x00\x00\x09abc").expect("write");
-    let msg = read_idx(&src.join("bad-idx")).expect_err("short").to_string();
-    assert!(msg.contains("bad-idx") && msg.contains("need 9 values"), "{msg}");
+    let msg = read_idx(&src.join("bad-idx"))
+        .expect_err("short")
+        .to_string();
+    assert!(
+        msg.contains("bad-idx") && msg.contains("need 9 values"),
+        "{msg}"
+    );
 }

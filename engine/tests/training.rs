@@ -19,14 +19,22 @@ fn tmp(name: &str) -> PathBuf {
 /// Two easy classes: reddish and bluish squares with a little texture.
 fn dataset(root: &Path, per_class: usize) {
     for split in ["train", "val"] {
-        let n = if split == "train" { per_class } else { per_class / 2 };
+        let n = if split == "train" {
+            per_class
+        } else {
+            per_class / 2
+        };
         for (class, base) in [("blue", [20u8, 40, 200]), ("red", [200u8, 40, 20])] {
             let dir = root.join(split).join(class);
             std::fs::create_dir_all(&dir).expect("dir");
             for i in 0..n {
                 let img = RgbImage::from_fn(36, 36, |x, y| {
                     let t = ((x * 7 + y * 13 + i as u32 * 31) % 40) as u8;
-                    Rgb([base[0].saturating_add(t), base[1] + t, base[2].saturating_sub(t)])
+                    Rgb([
+                        base[0].saturating_add(t),
+                        base[1] + t,
+                        base[2].saturating_sub(t),
+                    ])
                 });
                 img.save(dir.join(format!("{i:03}.png"))).expect("png");
             }
@@ -48,7 +56,10 @@ fn config(data: &Path, out: &Path) -> TrainConfig {
 }
 
 fn fit(config: TrainConfig) -> TrainSummary {
-    Trainer::new(config).with_progress(Progress::silent()).fit().expect("training")
+    Trainer::new(config)
+        .with_progress(Progress::silent())
+        .fit()
+        .expect("training")
 }
 
 fn weights(dir: &Path) -> torchvision::StateDict {
@@ -85,7 +96,11 @@ fn seeded_runs_are_bitwise_identical_and_resume_equals_uninterrupted() {
         resume: Some(c.join("outputs")),
         ..config(&data, &c)
     });
-    assert_eq!(metrics(&resumed), metrics(&run_a), "resume differs from uninterrupted run");
+    assert_eq!(
+        metrics(&resumed),
+        metrics(&run_a),
+        "resume differs from uninterrupted run"
+    );
     assert_eq!(weights(&resumed.model_dir), weights(&run_a.model_dir));
 }
 
@@ -117,14 +132,21 @@ fn early_stopping_stops_on_patience_and_keeps_the_best_epoch() {
     assert_eq!(summary.best_epoch, best.0 + 1, "losses {losses:?}");
     match stop_at {
         Some(e) => {
-            assert_eq!(summary.stop_reason, StopReason::EarlyStopping, "losses {losses:?}");
+            assert_eq!(
+                summary.stop_reason,
+                StopReason::EarlyStopping,
+                "losses {losses:?}"
+            );
             assert_eq!(summary.history.len(), e + 1, "losses {losses:?}");
         }
         None => assert_eq!(summary.stop_reason, StopReason::Completed),
     }
     let kept = weights(&summary.model_dir);
     let best_ckpt = weights(&out.join(format!("outputs/checkpoints/epoch-{}", summary.best_epoch)));
-    assert_eq!(kept, best_ckpt, "the model directory holds the best epoch's weights");
+    assert_eq!(
+        kept, best_ckpt,
+        "the model directory holds the best epoch's weights"
+    );
 }
 
 #[test]
@@ -142,10 +164,14 @@ fn writes_model_dir_metrics_curves_and_keeps_two_checkpoints_and_the_best() {
     assert_eq!(info.classes, ["blue", "red"]);
     assert_eq!(info.image_size, 32);
     let lines = std::fs::read_to_string(out.join("logs/metrics.jsonl")).expect("metrics");
-    let records: Vec<serde_json::Value> =
-        lines.lines().map(|l| serde_json::from_str(l).expect("json line")).collect();
+    let records: Vec<serde_json::Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
     assert_eq!(records.len(), 4 * 8, "5 train + 3 val metrics per epoch");
-    for key in ["run", "rank", "epoch", "step", "split", "name", "value", "time"] {
+    for key in [
+        "run", "rank", "epoch", "step", "split", "name", "value", "time",
+    ] {
         assert!(records[0].get(key).is_some(), "missing {key}");
     }
     assert!(out.join("outputs/curves.png").is_file());
@@ -181,8 +207,14 @@ fn transfer_learning_from_torchvision_weights_with_a_frozen_backbone() {
     let before = torchvision::read_state_dict(&pretrained).expect("read");
     let after = weights(&summary.model_dir);
     assert_eq!(after["fc.weight"].shape().as_slice(), [2, 512]);
-    assert_eq!(after["conv1.weight"], before["conv1.weight"], "backbone frozen");
-    assert_eq!(after["layer4.1.conv2.weight"], before["layer4.1.conv2.weight"]);
+    assert_eq!(
+        after["conv1.weight"], before["conv1.weight"],
+        "backbone frozen"
+    );
+    assert_eq!(
+        after["layer4.1.conv2.weight"],
+        before["layer4.1.conv2.weight"]
+    );
 }
 
 #[test]
@@ -190,16 +222,24 @@ fn bad_options_and_data_are_clear_errors() {
     let data = tmp("bad-data");
     dataset(&data, 4);
     std::fs::create_dir_all(data.join("val/green")).expect("dir");
-    image::RgbImage::new(8, 8).save(data.join("val/green/0.png")).expect("png");
+    image::RgbImage::new(8, 8)
+        .save(data.join("val/green/0.png"))
+        .expect("png");
     let out = tmp("bad-out");
     let err = Trainer::new(config(&data, &out))
         .with_progress(Progress::silent())
         .fit()
         .expect_err("class mismatch");
     assert!(err.to_string().starts_with("InvalidDatasetError"), "{err}");
-    let err = Trainer::new(TrainConfig { arch: "resnet19".into(), ..config(&data, &out) })
-        .with_progress(Progress::silent())
-        .fit()
-        .expect_err("arch");
-    assert!(err.to_string().contains("resnet19") && err.to_string().contains("densenet121"), "{err}");
+    let err = Trainer::new(TrainConfig {
+        arch: "resnet19".into(),
+        ..config(&data, &out)
+    })
+    .with_progress(Progress::silent())
+    .fit()
+    .expect_err("arch");
+    assert!(
+        err.to_string().contains("resnet19") && err.to_string().contains("densenet121"),
+        "{err}"
+    );
 }

@@ -21,7 +21,9 @@ pub fn wgpu() -> Option<Device> {
         // wgpu panics when it finds no adapter; a probe tensor turns that into a skip.
         std::panic::catch_unwind(|| {
             let device = Device::wgpu(Default::default());
-            let sum: f32 = Tensor::<1>::from_floats([1.0, 2.0], &device).sum().into_scalar();
+            let sum: f32 = Tensor::<1>::from_floats([1.0, 2.0], &device)
+                .sum()
+                .into_scalar();
             assert_eq!(sum, 3.0, "wgpu probe computed a wrong sum");
         })
         .map_err(|panic| {
@@ -38,7 +40,9 @@ pub fn wgpu() -> Option<Device> {
             panic!("KILN_REQUIRE_WGPU is set but no wgpu adapter works: {reason}")
         }
         Err(reason) => {
-            eprintln!("skipped: no wgpu adapter ({reason}); set KILN_REQUIRE_WGPU=1 to fail instead");
+            eprintln!(
+                "skipped: no wgpu adapter ({reason}); set KILN_REQUIRE_WGPU=1 to fail instead"
+            );
             None
         }
     }

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use burn::module::{Flag, Module, ModuleMapper, Param};
+use burn::module::{Flag, Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::{Device, Tensor};
 
 use crate::densenet::{DenseNet, DenseNetConfig};
@@ -115,13 +115,23 @@ impl Arch {
         Some(DenseNetConfig::new(growth, blocks, init).with_num_classes(num_classes))
     }
 
-    /// A freshly initialised model of this architecture.
+    /// A freshly initialised model of this architecture. Every parameter is drawn here, in
+    /// field order, so a seeded device gives the same weights every time (burn would otherwise
+    /// draw them lazily, at first use).
     pub fn init(self, num_classes: usize, device: &Device) -> Model {
-        match (self.resnet(num_classes), self.densenet(num_classes)) {
+        let model = match (self.resnet(num_classes), self.densenet(num_classes)) {
             (Some(config), _) => Model::ResNet(config.init(device)),
             (_, Some(config)) => Model::DenseNet(config.init(device)),
             (None, None) => unreachable!("every Arch is a ResNet or a DenseNet"),
+        };
+        struct DrawNow;
+        impl ModuleVisitor for DrawNow {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+                let _ = param.val();
+            }
         }
+        model.visit(&mut DrawNow);
+        model
     }
 }
 

@@ -72,16 +72,19 @@ impl ConvSpec {
             ConvInit::KaimingFanIn => (self.in_channels / self.groups) as f64 * k2,
         };
         let p = self.padding;
-        Conv2dConfig::new([self.in_channels, self.out_channels], [self.kernel, self.kernel])
-            .with_stride([self.stride, self.stride])
-            .with_padding(PaddingConfig2d::Explicit(p, p, p, p))
-            .with_groups(self.groups)
-            .with_bias(false)
-            .with_initializer(Initializer::Normal {
-                mean: 0.0,
-                std: (2.0 / fan).sqrt(),
-            })
-            .init(device)
+        Conv2dConfig::new(
+            [self.in_channels, self.out_channels],
+            [self.kernel, self.kernel],
+        )
+        .with_stride([self.stride, self.stride])
+        .with_padding(PaddingConfig2d::Explicit(p, p, p, p))
+        .with_groups(self.groups)
+        .with_bias(false)
+        .with_initializer(Initializer::Normal {
+            mean: 0.0,
+            std: (2.0 / fan).sqrt(),
+        })
+        .init(device)
     }
 }
 

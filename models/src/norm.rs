@@ -92,12 +92,19 @@ impl BatchNorm2d {
             self.eps,
         );
         let count = (n * h * w) as f64;
-        let unbiased = if count > 1.0 { count / (count - 1.0) } else { 1.0 };
+        let unbiased = if count > 1.0 {
+            count / (count - 1.0)
+        } else {
+            1.0
+        };
         let m = self.momentum;
         let mean = self.running_mean.value_sync().to_device(&device);
         let var = self.running_var.value_sync().to_device(&device);
-        self.running_mean
-            .update(mean.mul_scalar(1.0 - m).add(result.mean.detach().mul_scalar(m)).detach());
+        self.running_mean.update(
+            mean.mul_scalar(1.0 - m)
+                .add(result.mean.detach().mul_scalar(m))
+                .detach(),
+        );
         self.running_var.update(
             var.mul_scalar(1.0 - m)
                 .add(result.variance.detach().mul_scalar(m * unbiased))

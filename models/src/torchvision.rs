@@ -197,8 +197,11 @@ pub fn read_safetensors(path: &Path) -> Result<BTreeMap<String, TensorData>, Mod
         reason,
         expected: "a safetensors file",
     };
-    let mut store = SafetensorsStore::from_file(path);
-    let raw = store.get_all_tensors().map_err(|e| bad(e.to_string()))?.clone();
+    let mut store = SafetensorsStore::from_file(path).map_indices_contiguous(false);
+    let raw = store
+        .get_all_tensors()
+        .map_err(|e| bad(e.to_string()))?
+        .clone();
     raw.into_iter()
         .map(|(key, t)| {
             bridge::into_data(t)
@@ -260,7 +263,8 @@ fn sniff(path: &Path) -> Result<WeightsFormat, ModelError> {
         return Ok(WeightsFormat::Safetensors);
     }
     // torch.save: a zip archive, or (legacy) a pickle stream, protocol 2 to 5.
-    if head.starts_with(b"PK\x03\x04") || (n >= 2 && head[0] == 0x80 && (2..=5).contains(&head[1])) {
+    if head.starts_with(b"PK\x03\x04") || (n >= 2 && head[0] == 0x80 && (2..=5).contains(&head[1]))
+    {
         return Ok(WeightsFormat::Torch);
     }
     Err(bad(format!(
@@ -285,12 +289,19 @@ pub fn read_state_dict(path: &Path) -> Result<StateDict, ModelError> {
     };
     let raw = match format {
         WeightsFormat::Torch => {
-            let mut store = PytorchStore::from_file(path);
-            store.get_all_tensors().map_err(|e| bad(e.to_string()))?.clone()
+            // Keys as written: burn-store would otherwise renumber `norm.1`/`norm.2` from 0.
+            let mut store = PytorchStore::from_file(path).map_indices_contiguous(false);
+            store
+                .get_all_tensors()
+                .map_err(|e| bad(e.to_string()))?
+                .clone()
         }
         WeightsFormat::Safetensors => {
-            let mut store = SafetensorsStore::from_file(path);
-            store.get_all_tensors().map_err(|e| bad(e.to_string()))?.clone()
+            let mut store = SafetensorsStore::from_file(path).map_indices_contiguous(false);
+            store
+                .get_all_tensors()
+                .map_err(|e| bad(e.to_string()))?
+                .clone()
         }
     };
     let mut out = StateDict::new();
@@ -302,7 +313,11 @@ pub fn read_state_dict(path: &Path) -> Result<StateDict, ModelError> {
         let data = match data.dtype() {
             DType::F32 => data,
             DType::F16 | DType::BF16 | DType::F64 => data.convert::<f32>(),
-            other => return Err(bad(format!("tensor {key} has dtype {other:?}, not a float"))),
+            other => {
+                return Err(bad(format!(
+                    "tensor {key} has dtype {other:?}, not a float"
+                )));
+            }
         };
         let key = key.strip_prefix("module.").unwrap_or(&key);
         out.insert(current_densenet_key(key), data);

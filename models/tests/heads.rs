@@ -13,15 +13,25 @@ fn with_num_classes_replaces_only_the_head() {
         let model = model.with_num_classes(4);
         assert_eq!(model.num_classes(), 4);
         let after = torchvision::state_dict(&model);
-        let head = if arch.is_densenet() { "classifier." } else { "fc." };
+        let head = if arch.is_densenet() {
+            "classifier."
+        } else {
+            "fc."
+        };
         for (key, data) in &after {
             if key.starts_with(head) {
                 assert_eq!(data.shape()[0], 4, "{key}");
             } else {
-                assert_eq!(data.as_bytes(), before[key].as_bytes(), "{arch}: {key} changed");
+                assert_eq!(
+                    data.as_bytes(),
+                    before[key].as_bytes(),
+                    "{arch}: {key} changed"
+                );
             }
         }
-        let logits = model.set_training(false).forward(Tensor::zeros([1, 3, 32, 32], &device));
+        let logits = model
+            .set_training(false)
+            .forward(Tensor::zeros([1, 3, 32, 32], &device));
         assert_eq!(logits.dims(), [1, 4]);
     }
 }
@@ -40,7 +50,10 @@ fn freeze_backbone_leaves_gradients_only_on_the_head() {
             }
             Model::DenseNet(m) => {
                 assert!(m.classifier.weight.grad(&grads).is_some(), "head trains");
-                assert!(m.features.conv0.weight.grad(&grads).is_none(), "stem frozen");
+                assert!(
+                    m.features.conv0.weight.grad(&grads).is_none(),
+                    "stem frozen"
+                );
             }
         }
     }
@@ -55,7 +68,13 @@ fn zero_init_residual_zeroes_each_blocks_last_bn() {
             .init(&device),
     );
     let state = torchvision::state_dict(&model);
-    let zero = |k: &str| state[k].try_to_vec::<f32>().expect("f32").iter().all(|v| *v == 0.0);
+    let zero = |k: &str| {
+        state[k]
+            .try_to_vec::<f32>()
+            .expect("f32")
+            .iter()
+            .all(|v| *v == 0.0)
+    };
     assert!(zero("layer1.0.bn3.weight") && zero("layer4.2.bn3.weight"));
     assert!(!zero("layer1.0.bn2.weight") && !zero("bn1.weight"));
 }
@@ -68,10 +87,18 @@ fn eval_mode_uses_running_stats_and_train_mode_updates_them() {
     let eval = model.set_training(false);
     let _ = eval.forward(x.clone());
     let mean = |m: &Model| torchvision::state_dict(m)["bn1.running_mean"].clone();
-    assert_eq!(mean(&eval), Tensor::<1>::zeros([64], &device).into_data(), "eval keeps stats");
+    assert_eq!(
+        mean(&eval),
+        Tensor::<1>::zeros([64], &device).into_data(),
+        "eval keeps stats"
+    );
     let train = eval.set_training(true);
     let _ = train.forward(x);
-    assert_ne!(mean(&train), Tensor::<1>::zeros([64], &device).into_data(), "train updates stats");
+    assert_ne!(
+        mean(&train),
+        Tensor::<1>::zeros([64], &device).into_data(),
+        "train updates stats"
+    );
 }
 
 #[test]

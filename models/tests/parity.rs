@@ -15,7 +15,10 @@ fn eval_parity(arch: Arch, device: Device) {
     let logits = model.forward(input(&device)).into_data();
     let expected = &parity()[&format!("{arch}.eval_logits")];
     let err = relative_error(&logits, expected);
-    assert!(err < 1e-4, "{arch}: eval logits differ from torchvision by {err:.2e} relative");
+    assert!(
+        err < 1e-4,
+        "{arch}: eval logits differ from torchvision by {err:.2e} relative"
+    );
 }
 
 fn train_parity(arch: Arch, device: Device) {
@@ -41,24 +44,51 @@ fn train_parity(arch: Arch, device: Device) {
     } else {
         ("conv1.weight", "fc.weight")
     };
-    for (key, grad) in [(stem_key, stem.map(|g| g.into_data())), (head_key, head.map(|g| g.into_data()))] {
-        let grad = grad.unwrap_or_else(|| panic!("{arch}: no gradient for {key}"));
-        let err = relative_error(&grad, &fixtures[&format!("{arch}.train.grad.{key}")]);
-        assert!(err < 1e-3, "{arch}: gradient of {key} differs by {err:.2e} relative");
-    }
+    let stem = stem
+        .map(|g| g.into_data())
+        .unwrap_or_else(|| panic!("{arch}: no stem gradient"));
+    let head = head
+        .map(|g| g.into_data())
+        .unwrap_or_else(|| panic!("{arch}: no head gradient"));
+    let err = relative_error(&head, &fixtures[&format!("{arch}.train.grad.{head_key}")]);
+    assert!(
+        err < 1e-3,
+        "{arch}: gradient of {head_key} differs by {err:.2e} relative"
+    );
+    // The stem gradient crosses every ReLU and max-pool, whose near-ties flip with rounding:
+    // PyTorch's own float32 result is up to 1.2e-2 from float64 on these fixtures. kiln must be
+    // within 1e-3 of the float64 truth, or of the same order as PyTorch float32 (at most 4x its
+    // error; measured: flex 1.1x-1.8x, wgpu on llvmpipe up to 3.1x).
+    let truth = &fixtures[&format!("{arch}.train.grad64.{stem_key}")];
+    let kiln_err = relative_error(&stem, truth);
+    let meta: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(common::fixtures().join("state_dict_keys.json")).expect("meta"),
+    )
+    .expect("json");
+    let torch_err = meta["train"][format!("{arch}_torch_f32_stem_error")]
+        .as_f64()
+        .expect("torch error");
+    let bound = (4.0 * torch_err).max(1e-3);
+    assert!(
+        kiln_err <= bound,
+        "{arch}: stem gradient is {kiln_err:.2e} from float64 (PyTorch float32: {torch_err:.2e}, bound {bound:.2e})"
+    );
     let state = torchvision::state_dict(&model);
     let prefix = format!("{arch}.train.");
     let mut checked = 0;
     for (key, expected) in fixtures.iter().filter(|(k, _)| k.starts_with(&prefix)) {
         let key = &key[prefix.len()..];
-        if key.starts_with("grad.") {
+        if key.starts_with("grad.") || key.starts_with("grad64.") {
             continue;
         }
         let err = relative_error(&state[key], expected);
         assert!(err < 1e-3, "{arch}: {key} differs by {err:.2e} relative");
         checked += 1;
     }
-    assert_eq!(checked, 4, "{arch}: expected running mean and var of two batch norms");
+    assert_eq!(
+        checked, 4,
+        "{arch}: expected running mean and var of two batch norms"
+    );
 }
 
 macro_rules! eval_tests {
@@ -83,6 +113,15 @@ eval_tests! {
     eval_densenet201 => Arch::Densenet201,
 }
 
-test_device!(train_resnet18, |device: Device| train_parity(Arch::Resnet18, device));
-test_device!(train_resnet50, |device: Device| train_parity(Arch::Resnet50, device));
-test_device!(train_densenet121, |device: Device| train_parity(Arch::Densenet121, device));
+test_device!(train_resnet18, |device: Device| train_parity(
+    Arch::Resnet18,
+    device
+));
+test_device!(train_resnet50, |device: Device| train_parity(
+    Arch::Resnet50,
+    device
+));
+test_device!(train_densenet121, |device: Device| train_parity(
+    Arch::Densenet121,
+    device
+));

@@ -87,9 +87,19 @@ fn main() -> anyhow::Result<()> {
         o.arch, o.batch, o.size, threads
     );
     println!("{:<10} {:>12} {:>10}", "engine", "median ms", "img/s");
-    println!("{:<10} {:>12.1} {:>10.1}", "kiln", k, o.batch as f64 / k * 1e3);
+    println!(
+        "{:<10} {:>12.1} {:>10.1}",
+        "kiln",
+        k,
+        o.batch as f64 / k * 1e3
+    );
     if !peer.is_empty() {
-        println!("{:<10} {:>12.1} {:>10.1}", "pytorch", p, o.batch as f64 / p * 1e3);
+        println!(
+            "{:<10} {:>12.1} {:>10.1}",
+            "pytorch",
+            p,
+            o.batch as f64 / p * 1e3
+        );
         println!("kiln/pytorch time ratio: {:.2} (below 1 is faster)", k / p);
     }
     Ok(())

@@ -75,7 +75,10 @@ impl ImageFolder {
             files.sort();
             match files.len() {
                 0 => warnings.push(format!("class '{class}' ({}) has no images", dir.display())),
-                1 => warnings.push(format!("class '{class}' ({}) has only one image", dir.display())),
+                1 => warnings.push(format!(
+                    "class '{class}' ({}) has only one image",
+                    dir.display()
+                )),
                 _ => {}
             }
             samples.extend(files.into_iter().map(|f| (f, label)));

@@ -51,10 +51,7 @@ pub fn read_idx(path: &Path) -> Result<Idx, EngineError> {
         .read_to_end(&mut bytes)
         .map_err(|e| bad(e.to_string()))?;
     if bytes.len() < 4 || bytes[0] != 0 || bytes[1] != 0 || bytes[2] != 0x08 {
-        return Err(bad(format!(
-            "header {:02x?}",
-            &bytes[..bytes.len().min(4)]
-        )));
+        return Err(bad(format!("header {:02x?}", &bytes[..bytes.len().min(4)])));
     }
     let ndim = bytes[3] as usize;
     let header = 4 + 4 * ndim;
@@ -148,13 +145,14 @@ fn write_split(
     }
     let mut written = [0usize; 10];
     for (i, &label) in labels_idx.data.iter().enumerate() {
-        let class = FASHION_MNIST_CLASSES
-            .get(label as usize)
-            .ok_or_else(|| EngineError::BadInput {
-                what: labels.display().to_string(),
-                reason: format!("label {label} at index {i}"),
-                expected: "labels 0..9",
-            })?;
+        let class =
+            FASHION_MNIST_CLASSES
+                .get(label as usize)
+                .ok_or_else(|| EngineError::BadInput {
+                    what: labels.display().to_string(),
+                    reason: format!("label {label} at index {i}"),
+                    expected: "labels 0..9",
+                })?;
         if per_class.is_some_and(|n| written[label as usize] >= n) {
             continue;
         }

@@ -38,7 +38,9 @@ impl Sampler {
     pub fn indices(&self, epoch: usize) -> Vec<usize> {
         let mut all: Vec<usize> = (0..self.len).collect();
         if self.shuffle {
-            all.shuffle(&mut ChaCha8Rng::seed_from_u64(self.seed.wrapping_add(epoch as u64)));
+            all.shuffle(&mut ChaCha8Rng::seed_from_u64(
+                self.seed.wrapping_add(epoch as u64),
+            ));
         }
         if self.len == 0 {
             return all;
@@ -46,7 +48,11 @@ impl Sampler {
         let per_rank = self.len.div_ceil(self.world);
         let total = per_rank * self.world;
         let padded: Vec<usize> = all.iter().cycle().take(total).copied().collect();
-        padded.into_iter().skip(self.rank).step_by(self.world).collect()
+        padded
+            .into_iter()
+            .skip(self.rank)
+            .step_by(self.world)
+            .collect()
     }
 }
 
@@ -169,7 +175,8 @@ impl Iterator for BatchIter {
 
 /// A per-sample seed: the same image gets the same augmentation whatever thread decodes it.
 fn sample_seed(seed: u64, epoch: usize, index: usize) -> u64 {
-    let mut x = seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    let mut x = seed
+        ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
         ^ (index as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
     x ^= x >> 31;
     x.wrapping_mul(0x94D0_49BB_1331_11EB)

@@ -97,7 +97,12 @@ pub fn eval_transform(image: &RgbImage, size: u32) -> RgbImage {
 }
 
 /// Training transform for `augment`.
-pub fn train_transform(image: &RgbImage, size: u32, augment: Augment, rng: &mut impl Rng) -> RgbImage {
+pub fn train_transform(
+    image: &RgbImage,
+    size: u32,
+    augment: Augment,
+    rng: &mut impl Rng,
+) -> RgbImage {
     let mut out = match augment {
         Augment::Standard => random_resized_crop(image, size, rng),
         Augment::Flip | Augment::None => eval_transform(image, size),
@@ -120,6 +125,10 @@ pub fn normalize_into(image: &RgbImage, mean: [f32; 3], std: [f32; 3], out: &mut
     let pixels = image.as_raw();
     for c in 0..3 {
         let (m, s) = (mean[c], std[c]);
-        out.extend(pixels.chunks_exact(3).map(|p| (p[c] as f32 / 255.0 - m) / s));
+        out.extend(
+            pixels
+                .chunks_exact(3)
+                .map(|p| (p[c] as f32 / 255.0 - m) / s),
+        );
     }
 }

@@ -69,7 +69,11 @@ pub fn save(
     state: &TrainerState,
 ) -> Result<PathBuf, EngineError> {
     let dir = epoch_dir(root, state.epochs_done);
-    let tmp = root.join(format!(".epoch-{}.tmp{}", state.epochs_done, std::process::id()));
+    let tmp = root.join(format!(
+        ".epoch-{}.tmp{}",
+        state.epochs_done,
+        std::process::id()
+    ));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| EngineError::io(&tmp, e))?;
     torchvision::save_safetensors(model, &tmp.join(MODEL), None)?;
@@ -134,8 +138,8 @@ pub struct Checkpoint {
 
 /// Reads the checkpoint in `dir`.
 pub fn load(dir: &Path) -> Result<Checkpoint, EngineError> {
-    let text =
-        std::fs::read_to_string(dir.join(TRAINER)).map_err(|e| EngineError::io(&dir.join(TRAINER), e))?;
+    let text = std::fs::read_to_string(dir.join(TRAINER))
+        .map_err(|e| EngineError::io(&dir.join(TRAINER), e))?;
     let state: TrainerState = serde_json::from_str(&text).map_err(|e| EngineError::BadInput {
         what: dir.join(TRAINER).display().to_string(),
         reason: e.to_string(),

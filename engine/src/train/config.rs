@@ -29,7 +29,9 @@ impl std::str::FromStr for Schedule {
             "step" => Ok(Schedule::Step),
             "cosine" => Ok(Schedule::Cosine),
             "poly" => Ok(Schedule::Poly),
-            other => Err(format!("'{other}' (expected constant, step, cosine or poly)")),
+            other => Err(format!(
+                "'{other}' (expected constant, step, cosine or poly)"
+            )),
         }
     }
 }

@@ -31,7 +31,12 @@ pub fn draw(path: &Path, history: &[EpochMetrics]) -> Result<(), EngineError> {
             line(img, (x0 + MARGIN, y), (x0 + W - MARGIN, y), GRID);
         }
         line(img, (x0 + MARGIN, MARGIN), (x0 + MARGIN, H - MARGIN), AXIS);
-        line(img, (x0 + MARGIN, H - MARGIN), (x0 + W - MARGIN, H - MARGIN), AXIS);
+        line(
+            img,
+            (x0 + MARGIN, H - MARGIN),
+            (x0 + W - MARGIN, H - MARGIN),
+            AXIS,
+        );
         for (values, color) in series {
             let n = values.len().max(2) - 1;
             let point = |i: usize, v: f64| {
@@ -50,8 +55,18 @@ pub fn draw(path: &Path, history: &[EpochMetrics]) -> Result<(), EngineError> {
         }
     };
     let get = |f: fn(&EpochMetrics) -> f64| history.iter().map(f).collect::<Vec<_>>();
-    panel(&mut img, 0, [(get(|m| m.train_loss), TRAIN), (get(|m| m.val_loss), VAL)], max_loss);
-    panel(&mut img, W, [(get(|m| m.train_acc), TRAIN), (get(|m| m.val_acc), VAL)], 1.0);
+    panel(
+        &mut img,
+        0,
+        [(get(|m| m.train_loss), TRAIN), (get(|m| m.val_loss), VAL)],
+        max_loss,
+    );
+    panel(
+        &mut img,
+        W,
+        [(get(|m| m.train_acc), TRAIN), (get(|m| m.val_acc), VAL)],
+        1.0,
+    );
     img.save(path)
         .map_err(|e| EngineError::io(path, std::io::Error::other(e)))
 }
@@ -70,7 +85,9 @@ fn line(img: &mut RgbImage, (x0, y0): (u32, u32), (x1, y1): (u32, u32), color: R
 fn dot(img: &mut RgbImage, x: u32, y: u32, color: Rgb<u8>) {
     for dx in 0..5u32 {
         for dy in 0..5u32 {
-            if let Some(p) = img.get_pixel_mut_checked((x + dx).saturating_sub(2), (y + dy).saturating_sub(2)) {
+            if let Some(p) =
+                img.get_pixel_mut_checked((x + dx).saturating_sub(2), (y + dy).saturating_sub(2))
+            {
                 *p = color;
             }
         }

@@ -83,7 +83,10 @@ mod tests {
             .map(|(e, &l)| es.update(e, l))
             .collect();
         use Verdict::*;
-        assert_eq!(verdicts[..6], [Improved, Improved, Improved, Continue, Continue, Stop]);
+        assert_eq!(
+            verdicts[..6],
+            [Improved, Improved, Improved, Continue, Continue, Stop]
+        );
         assert_eq!(es.best_epoch, Some(2));
         assert_eq!(es.best, Some(0.7));
     }

@@ -116,6 +116,10 @@ mod tests {
         let logits = [0.1, 0.5, 0.4, 0.9, 0.1, 0.0];
         assert_eq!(correct_top_k(&logits, &[1, 1], 3, 1), 1);
         assert_eq!(correct_top_k(&logits, &[2, 1], 3, 2), 2);
-        assert_eq!(correct_top_k(&[1.0, 1.0], &[1], 2, 1), 0, "tie goes to the lower index");
+        assert_eq!(
+            correct_top_k(&[1.0, 1.0], &[1], 2, 1),
+            0,
+            "tie goes to the lower index"
+        );
     }
 }

@@ -36,7 +36,10 @@ impl LrSchedule {
         match self.schedule {
             Schedule::Constant => self.base,
             Schedule::Step => {
-                self.base * self.gamma.powi(((epoch - self.warmup_epochs) / self.step_size.max(1)) as i32)
+                self.base
+                    * self
+                        .gamma
+                        .powi(((epoch - self.warmup_epochs) / self.step_size.max(1)) as i32)
             }
             Schedule::Cosine => self.base * 0.5 * (1.0 + (std::f64::consts::PI * e / span).cos()),
             Schedule::Poly => self.base * (1.0 - e / span).max(0.0).powf(0.9),

@@ -63,7 +63,11 @@ impl Sgd {
     }
 
     /// Restores buffers written by [`Sgd::state`] onto `device`.
-    pub fn load_state(&mut self, state: BTreeMap<String, TensorData>, device: &burn::tensor::Device) {
+    pub fn load_state(
+        &mut self,
+        state: BTreeMap<String, TensorData>,
+        device: &burn::tensor::Device,
+    ) {
         self.buffers = state
             .into_iter()
             .map(|(k, v)| (k, Tensor::from_data(v, device)))

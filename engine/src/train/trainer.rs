@@ -151,7 +151,12 @@ fn cross_entropy_sum(logits: &[f32], labels: &[i64], classes: usize) -> f64 {
         .map(|(i, &label)| {
             let row = &logits[i * classes..(i + 1) * classes];
             let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
-            let lse = row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln() + max;
+            let lse = row
+                .iter()
+                .map(|&v| (v as f64 - max).exp())
+                .sum::<f64>()
+                .ln()
+                + max;
             lse - row[label as usize] as f64
         })
         .sum()
@@ -218,7 +223,12 @@ impl Trainer {
         Ok((train, val))
     }
 
-    fn build_model(&self, arch: Arch, classes: usize, device: &Device) -> Result<Model, EngineError> {
+    fn build_model(
+        &self,
+        arch: Arch,
+        classes: usize,
+        device: &Device,
+    ) -> Result<Model, EngineError> {
         let model = {
             let _guard = INIT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
             device.seed(self.config.seed);
@@ -343,7 +353,13 @@ impl Trainer {
                 expected: "an output directory with checkpoints/epoch-N, or a checkpoint".into(),
             })?;
             let ckpt = checkpoint::load(&dir)?;
-            model = torchvision::load_state_dict(model, ckpt.model, arch, &dir, LoadOptions::default())?;
+            model = torchvision::load_state_dict(
+                model,
+                ckpt.model,
+                arch,
+                &dir,
+                LoadOptions::default(),
+            )?;
             sgd.load_state(ckpt.optimizer, &device.clone().inner());
             state = ckpt.state;
             self.progress.info(&format!(
@@ -353,7 +369,11 @@ impl Trainer {
             ));
         }
         let mut metrics = if self.rank == 0 {
-            Some(MetricsLog::open(&logs.join("metrics.jsonl"), &self.run_id, self.rank)?)
+            Some(MetricsLog::open(
+                &logs.join("metrics.jsonl"),
+                &self.run_id,
+                self.rank,
+            )?)
         } else {
             None
         };
@@ -371,7 +391,8 @@ impl Trainer {
             let epoch = state.epochs_done;
             let started = Instant::now();
             model = model.set_training(true);
-            self.progress.start_epoch(epoch + 1, c.epochs, steps_per_epoch);
+            self.progress
+                .start_epoch(epoch + 1, c.epochs, steps_per_epoch);
             let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
             let mut lr = c.lr;
             let train_start = Instant::now();
@@ -399,7 +420,8 @@ impl Trainer {
                 seen += batch.len();
                 state.global_step += 1;
                 let rate = seen as f64 / train_start.elapsed().as_secs_f64();
-                self.progress.step(epoch + 1, c.epochs, loss_sum / seen as f64, rate);
+                self.progress
+                    .step(epoch + 1, c.epochs, loss_sum / seen as f64, rate);
             }
             let images_per_s = seen as f64 / train_start.elapsed().as_secs_f64();
             let eval = model.valid();
@@ -410,7 +432,11 @@ impl Trainer {
                     continue;
                 }
                 let (x, _) = to_device(&batch, image_size, &device.clone().inner());
-                let logits = eval.forward(x).into_data().try_to_vec::<f32>().unwrap_or_default();
+                let logits = eval
+                    .forward(x)
+                    .into_data()
+                    .try_to_vec::<f32>()
+                    .unwrap_or_default();
                 val_loss += cross_entropy_sum(&logits, &batch.labels, classes.len());
                 val_correct += correct_top_k(&logits, &batch.labels, classes.len(), 1);
                 val_top5 += correct_top_k(&logits, &batch.labels, classes.len(), 5);
@@ -449,28 +475,51 @@ impl Trainer {
                 m.images_per_s,
                 m.lr,
                 m.epoch_time_s,
-                if verdict == Verdict::Improved { " *" } else { "" }
+                if verdict == Verdict::Improved {
+                    " *"
+                } else {
+                    ""
+                }
             ));
             if let Some(log) = &mut metrics {
-                log.log(m.epoch, state.global_step, "train", &[
-                    ("loss", m.train_loss),
-                    ("acc", m.train_acc),
-                    ("images_per_s", m.images_per_s),
-                    ("lr", m.lr),
-                    ("epoch_time_s", m.epoch_time_s),
-                ])?;
-                log.log(m.epoch, state.global_step, "val", &[
-                    ("loss", m.val_loss),
-                    ("acc", m.val_acc),
-                    ("top5", m.val_top5),
-                ])?;
+                log.log(
+                    m.epoch,
+                    state.global_step,
+                    "train",
+                    &[
+                        ("loss", m.train_loss),
+                        ("acc", m.train_acc),
+                        ("images_per_s", m.images_per_s),
+                        ("lr", m.lr),
+                        ("epoch_time_s", m.epoch_time_s),
+                    ],
+                )?;
+                log.log(
+                    m.epoch,
+                    state.global_step,
+                    "val",
+                    &[
+                        ("loss", m.val_loss),
+                        ("acc", m.val_acc),
+                        ("top5", m.val_top5),
+                    ],
+                )?;
                 checkpoint::save(&checkpoints, &model, &sgd.state(), &state)?;
             }
         }
-        let best_epoch = state.early_stopping.best_epoch.map_or(state.epochs_done, |e| e + 1);
+        let best_epoch = state
+            .early_stopping
+            .best_epoch
+            .map_or(state.epochs_done, |e| e + 1);
         if best_epoch != state.epochs_done {
             let best = checkpoint::load(&checkpoint::epoch_dir(&checkpoints, best_epoch))?;
-            model = torchvision::load_state_dict(model, best.model, arch, &checkpoints, LoadOptions::default())?;
+            model = torchvision::load_state_dict(
+                model,
+                best.model,
+                arch,
+                &checkpoints,
+                LoadOptions::default(),
+            )?;
         }
         let stop_reason = if state.stopped_early {
             StopReason::EarlyStopping
@@ -502,7 +551,8 @@ impl Trainer {
             StopReason::Completed => format!("completed all {} epochs", c.epochs),
         };
         if skipped > 0 {
-            self.progress.warn(&format!("skipped {skipped} image(s) that did not decode"));
+            self.progress
+                .warn(&format!("skipped {skipped} image(s) that did not decode"));
         }
         let best = &state.history[best_epoch - 1];
         self.progress.info(&format!(

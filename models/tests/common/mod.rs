@@ -16,7 +16,8 @@ pub fn fixtures() -> PathBuf {
 }
 
 fn fnv1a(text: &str) -> u32 {
-    text.bytes().fold(2166136261u32, |h, b| (h ^ b as u32).wrapping_mul(16777619))
+    text.bytes()
+        .fold(2166136261u32, |h, b| (h ^ b as u32).wrapping_mul(16777619))
 }
 
 /// `n` values in [-1, 1), bit for bit what `generate.py`'s `unit` computes.
@@ -67,8 +68,14 @@ pub fn filled(arch: Arch, device: &Device) -> Model {
             (key, data)
         })
         .collect();
-    torchvision::load_state_dict(model, state, arch, "formula".as_ref(), LoadOptions::default())
-        .expect("the formula state dict fits the model")
+    torchvision::load_state_dict(
+        model,
+        state,
+        arch,
+        "formula".as_ref(),
+        LoadOptions::default(),
+    )
+    .expect("the formula state dict fits the model")
 }
 
 /// The generator's input batch on `device`.
