@@ -11,8 +11,9 @@ use burn::tensor::{Distribution, Int, Tensor};
 use clap::{Args, Subcommand};
 use kiln_engine::data::transform::{IMAGENET_MEAN, IMAGENET_STD};
 use kiln_engine::data::{Augment, ImageFolder, Loader, LoaderConfig, Sampler};
+use kiln_engine::train::loss::cross_entropy;
 use kiln_engine::train::sgd::{Sgd, SgdConfig};
-use kiln_engine::train::trainer::{cross_entropy, device_by_name};
+use kiln_engine::train::trainer::device_by_name;
 use kiln_models::Arch;
 
 /// Arguments of `kiln bench`.

@@ -18,6 +18,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per run: the size of the `train` variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Train a classifier on a labeled image folder.

@@ -1,5 +1,9 @@
 //! `kiln predict`: scores inputs with a model in eval mode on the CPU.
 //!
+//! Images (`--model DIR IMAGE_OR_DIR...`): each image gets the validation transform recorded in
+//! `kiln.json` and its top-k classes are printed as a table, JSON or CSV; an image that does
+//! not decode is reported on stderr, the others are still scored, and the exit code is 2.
+//!
 //! The raw path (`--arch NAME --weights FILE --input-tensor X.safetensors --logits-out
 //! Y.safetensors`) reads an already-normalised NCHW f32 tensor named `input` and writes the
 //! logits as a tensor named `logits`; the class count comes from the weights' classifier.

@@ -179,7 +179,7 @@ pub fn config(args: TrainArgs) -> Result<TrainConfig> {
     c.nesterov |= args.nesterov;
     c.skip_bad_images |= args.skip_bad_images;
     if let Some(outputs) =
-        std::env::var_os("KILN_OUTPUTS").filter(|_| c.output_dir == PathBuf::from("outputs"))
+        std::env::var_os("KILN_OUTPUTS").filter(|_| c.output_dir == std::path::Path::new("outputs"))
     {
         c.output_dir = PathBuf::from(outputs);
     }

@@ -1,11 +1,12 @@
 //! The kiln training engine.
 //!
-//! - [`data`]: image folders and their checks, decoding, transforms, the parallel loader and
+//! - [`data`] covers image folders and their checks, decoding, transforms, the parallel loader and
 //!   per-rank sharding, IDX import.
-//! - [`train`]: [`train::Trainer`] and its configuration, SGD, schedules, early stopping,
-//!   checkpoints, metrics, progress.
-//! - [`model_dir`]: trained model directories (`model.safetensors` + `kiln.json`).
-//! - [`error`]: [`EngineError`].
+//! - [`train`] holds [`train::Trainer`] and its configuration, SGD, schedules, early
+//!   stopping, checkpoints, metrics, progress.
+//! - [`model_dir`] reads and writes trained model directories (`model.safetensors` +
+//!   `kiln.json`).
+//! - [`error`] holds [`EngineError`].
 //!
 //! Distributed training (`dist`), the run history (`runs`) and job files (`job`) arrive with
 //! their issues.

@@ -153,6 +153,8 @@ impl FromStr for Arch {
 }
 
 /// Any kiln model: what the trainer, `predict` and the weight files work with.
+// The variants hold tensor handles, not tensors: their size difference is a few words.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum Model {
     /// ResNet, ResNeXt, Wide ResNet.

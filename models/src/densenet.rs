@@ -38,8 +38,8 @@ pub struct DenseNetConfig {
     #[config(default = 1000)]
     pub num_classes: usize,
     /// Recompute each layer's concatenation and first BN-ReLU in backward instead of keeping
-    /// them: training runs such a model on a gradient-checkpointing autodiff device (see
-    /// [`DenseNet::training_device`]).
+    /// them, by running the model on burn's gradient-checkpointing autodiff device (see
+    /// [`DenseNet::training_device`]; kiln's trainer does not use it yet).
     #[config(default = false)]
     pub memory_efficient: bool,
 }

@@ -69,15 +69,14 @@ impl ResNetConfig {
             .init(device);
         let mut inplanes = 64;
         let mut stage = |planes: usize, blocks: usize, stride: usize| {
-            let layer = (0..blocks)
+            (0..blocks)
                 .map(|i| {
                     let stride = if i == 0 { stride } else { 1 };
                     let block = self.block(inplanes, planes, stride, device);
                     inplanes = planes * self.block.expansion();
                     block
                 })
-                .collect::<Vec<_>>();
-            layer
+                .collect::<Vec<_>>()
         };
         let layer1 = stage(64, self.layers[0], 1);
         let layer2 = stage(128, self.layers[1], 2);
@@ -188,6 +187,8 @@ impl ResNet {
 }
 
 /// One residual block; the variant is not part of the parameter names.
+// The variants hold tensor handles, not tensors: their size difference is a few words.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum Block {
     /// resnet18/34 block.

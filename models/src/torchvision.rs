@@ -389,7 +389,8 @@ pub fn load_state_dict(
             tensors.iter().map(|t| torchvision_key(&t.name)).collect();
         let missing: Vec<&String> = expected
             .keys()
-            .filter(|k| !given.contains(*k) && !(options.skip_classifier && k.starts_with(head)))
+            .filter(|k| !given.contains(*k))
+            .filter(|k| !(options.skip_classifier && k.starts_with(head)))
             .collect();
         if let Some(first) = missing.first() {
             return Err(mismatch(format!(

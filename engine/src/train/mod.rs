@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod curves;
 pub mod early_stopping;
+pub mod loss;
 pub mod metrics;
 pub mod progress;
 pub mod schedule;

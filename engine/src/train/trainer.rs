@@ -8,7 +8,6 @@ use std::time::Instant;
 
 use burn::module::Module;
 use burn::optim::GradientsParams;
-use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use kiln_models::torchvision::{self, LoadOptions};
 use kiln_models::{Arch, Model};
@@ -20,6 +19,7 @@ use crate::model_dir::{self, ModelInfo};
 use crate::train::checkpoint::{self, EpochMetrics, TrainerState};
 use crate::train::config::{Monitor, TrainConfig};
 use crate::train::early_stopping::{EarlyStopping, Verdict};
+use crate::train::loss::{cross_entropy, cross_entropy_sum};
 use crate::train::metrics::{MetricsLog, correct_top_k};
 use crate::train::progress::Progress;
 use crate::train::schedule::LrSchedule;
@@ -132,34 +132,6 @@ pub fn auto_image_size(folder: &ImageFolder) -> u32 {
     sides.sort_unstable();
     let median = sides.get(sides.len() / 2).copied().unwrap_or(224);
     median.div_ceil(32).saturating_mul(32).clamp(32, 224)
-}
-
-/// Mean cross-entropy of `logits` `[n, classes]` against `labels`.
-pub fn cross_entropy(logits: Tensor<2>, labels: Tensor<1, Int>) -> Tensor<1> {
-    let [n, _] = logits.dims();
-    log_softmax(logits, 1)
-        .gather(1, labels.reshape([n, 1]))
-        .mean()
-        .neg()
-}
-
-/// Sum over rows of the cross-entropy, computed in f64 from logits on the host.
-fn cross_entropy_sum(logits: &[f32], labels: &[i64], classes: usize) -> f64 {
-    labels
-        .iter()
-        .enumerate()
-        .map(|(i, &label)| {
-            let row = &logits[i * classes..(i + 1) * classes];
-            let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
-            let lse = row
-                .iter()
-                .map(|&v| (v as f64 - max).exp())
-                .sum::<f64>()
-                .ln()
-                + max;
-            lse - row[label as usize] as f64
-        })
-        .sum()
 }
 
 impl Trainer {
