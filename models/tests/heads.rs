@@ -122,3 +122,49 @@ fn every_arch_has_torchvisions_parameter_count() {
         assert_eq!(params, count, "{arch}");
     }
 }
+
+#[test]
+fn memory_efficient_densenet_recomputes_and_gives_the_same_gradients() {
+    use kiln_models::densenet::DenseNetConfig;
+    let config = || DenseNetConfig::new(8, [2, 2, 2, 2], 16).with_num_classes(3);
+    let plain = Model::DenseNet(config().init(&Device::flex()));
+    let state = torchvision::state_dict(&plain);
+    let grads_on = |memory_efficient: bool| {
+        let net = config()
+            .with_memory_efficient(memory_efficient)
+            .init(&Device::flex());
+        let device = net.training_device(&Device::flex());
+        let strategy = format!("{:?}", device.gradient_checkpointing_strategy());
+        let plain_strategy = format!(
+            "{:?}",
+            Device::flex().autodiff().gradient_checkpointing_strategy()
+        );
+        assert_eq!(strategy != plain_strategy, memory_efficient, "{strategy}");
+        let model = torchvision::load_state_dict(
+            Model::DenseNet(
+                config()
+                    .with_memory_efficient(memory_efficient)
+                    .init(&device),
+            ),
+            state.clone(),
+            kiln_models::Arch::Densenet121,
+            "same weights".as_ref(),
+            Default::default(),
+        )
+        .expect("same weights");
+        let x = Tensor::<4>::ones([2, 3, 32, 32], &device);
+        let grads = model.forward(x).sum().backward();
+        match &model {
+            Model::DenseNet(m) => m
+                .features
+                .conv0
+                .weight
+                .grad(&grads)
+                .expect("grad")
+                .into_data(),
+            Model::ResNet(_) => unreachable!(),
+        }
+    };
+    let (a, b) = (grads_on(false), grads_on(true));
+    a.assert_approx_eq::<f32>(&b, burn::tensor::Tolerance::absolute(1e-5));
+}

@@ -34,8 +34,12 @@ fn unit(key: &str, n: usize) -> impl Iterator<Item = f64> {
     })
 }
 
-fn scale_and_shift(key: &str, shape: &[usize]) -> (f64, f64) {
-    if key.ends_with("running_var") {
+/// `generate.py`'s `scale_and_shift`; `train` centres batch-norm biases on 1 (see there).
+fn scale_and_shift(key: &str, shape: &[usize], train: bool) -> (f64, f64) {
+    let head = key.starts_with("fc.") || key.starts_with("classifier.");
+    if train && key.ends_with("bias") && shape.len() == 1 && !head {
+        (0.1, 1.0)
+    } else if key.ends_with("running_var") {
         (0.5, 1.0)
     } else if key.ends_with("running_mean") {
         (0.1, 0.0)
@@ -52,7 +56,12 @@ fn scale_and_shift(key: &str, shape: &[usize]) -> (f64, f64) {
 
 /// The tensor `generate.py`'s `formula(key, shape)` makes.
 pub fn formula(key: &str, shape: &[usize]) -> TensorData {
-    let (scale, shift) = scale_and_shift(key, shape);
+    formula_for(key, shape, false)
+}
+
+/// `generate.py`'s `formula(key, shape, train)`.
+pub fn formula_for(key: &str, shape: &[usize], train: bool) -> TensorData {
+    let (scale, shift) = scale_and_shift(key, shape, train);
     let n = shape.iter().product();
     let values: Vec<f32> = unit(key, n).map(|u| (shift + scale * u) as f32).collect();
     TensorData::new(values, shape.to_vec())
@@ -60,11 +69,16 @@ pub fn formula(key: &str, shape: &[usize]) -> TensorData {
 
 /// `arch` with 10 classes and every tensor filled by the formula, as the generator fills it.
 pub fn filled(arch: Arch, device: &Device) -> Model {
+    filled_for(arch, device, false)
+}
+
+/// `generate.py`'s `filled(arch, train)`.
+pub fn filled_for(arch: Arch, device: &Device, train: bool) -> Model {
     let model = arch.init(10, device);
     let state: StateDict = torchvision::state_dict_shapes(&model)
         .into_iter()
         .map(|(key, shape)| {
-            let data = formula(&key, &shape);
+            let data = formula_for(&key, &shape, train);
             (key, data)
         })
         .collect();
