@@ -98,6 +98,9 @@ pub struct TrainArgs {
     /// Stop each epoch after this many steps.
     #[arg(long)]
     max_steps_per_epoch: Option<usize>,
+    /// DenseNet: recompute concatenations and BN in backward to save memory.
+    #[arg(long)]
+    memory_efficient: bool,
 }
 
 /// The job file's `[train]` table, read with the same names as the flags (snake_case).
@@ -178,6 +181,7 @@ pub fn config(args: TrainArgs) -> Result<TrainConfig> {
     c.freeze_backbone |= args.freeze_backbone;
     c.nesterov |= args.nesterov;
     c.skip_bad_images |= args.skip_bad_images;
+    c.memory_efficient |= args.memory_efficient;
     if let Some(outputs) =
         std::env::var_os("KILN_OUTPUTS").filter(|_| c.output_dir == std::path::Path::new("outputs"))
     {

@@ -243,3 +243,34 @@ fn bad_options_and_data_are_clear_errors() {
         "{err}"
     );
 }
+
+#[test]
+fn memory_efficient_densenet_trains_like_the_plain_one() {
+    let data = tmp("me-data");
+    dataset(&data, 4);
+    let run = |memory_efficient: bool| {
+        let out = tmp(&format!("me-out-{memory_efficient}"));
+        fit(TrainConfig {
+            arch: "densenet121".into(),
+            epochs: 1,
+            batch_size: 4,
+            max_steps_per_epoch: Some(2),
+            memory_efficient,
+            ..config(&data, &out)
+        })
+    };
+    let (plain, efficient) = (run(false), run(true));
+    let (a, b) = (&plain.history[0], &efficient.history[0]);
+    assert!(
+        (a.train_loss - b.train_loss).abs() < 1e-5,
+        "{} vs {}",
+        a.train_loss,
+        b.train_loss
+    );
+    assert!(
+        (a.val_loss - b.val_loss).abs() < 1e-4,
+        "{} vs {}",
+        a.val_loss,
+        b.val_loss
+    );
+}

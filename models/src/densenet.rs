@@ -39,7 +39,7 @@ pub struct DenseNetConfig {
     pub num_classes: usize,
     /// Recompute each layer's concatenation and first BN-ReLU in backward instead of keeping
     /// them, by running the model on burn's gradient-checkpointing autodiff device (see
-    /// [`DenseNet::training_device`]; kiln's trainer does not use it yet).
+    /// [`DenseNet::training_device`]; `kiln train --memory-efficient` does).
     #[config(default = false)]
     pub memory_efficient: bool,
 }

@@ -122,6 +122,9 @@ pub struct TrainConfig {
     pub resume: Option<PathBuf>,
     /// Stop each epoch after this many steps (for quick runs and benchmarks).
     pub max_steps_per_epoch: Option<usize>,
+    /// DenseNet only: recompute concatenations, BN and ReLU in backward instead of storing
+    /// them (torchvision's `memory_efficient`), through gradient checkpointing.
+    pub memory_efficient: bool,
 }
 
 impl Default for TrainConfig {
@@ -157,6 +160,7 @@ impl Default for TrainConfig {
             output_dir: PathBuf::from("outputs"),
             resume: None,
             max_steps_per_epoch: None,
+            memory_efficient: false,
         }
     }
 }

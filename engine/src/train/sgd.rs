@@ -122,6 +122,7 @@ impl ModuleMapper for Step<'_> {
         let head = path.starts_with("fc.") || path.starts_with("classifier.");
         let lr = if head { self.head_lr } else { self.lr };
         let require_grad = tensor.is_require_grad();
+        let checkpointing = tensor.gradient_checkpointing_strategy();
         let shape = tensor.shape();
         let n = shape.num_elements();
         let flat = tensor.inner().reshape([n]);
@@ -130,6 +131,10 @@ impl ModuleMapper for Step<'_> {
             .update(&path, flat, grad.reshape([n]), lr)
             .reshape(shape);
         let mut updated = Tensor::from_inner(updated);
+        // Keep the parameter's autodiff context (a memory-efficient DenseNet checkpoints).
+        if let Some(strategy) = checkpointing {
+            updated = updated.with_gradient_checkpointing_strategy(strategy);
+        }
         if require_grad {
             updated = updated.require_grad();
         }

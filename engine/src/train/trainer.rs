@@ -251,8 +251,14 @@ impl Trainer {
                 expected: "at least 1".into(),
             });
         }
-        let device = device_by_name(&c.device)?.autodiff();
+        let mut device = device_by_name(&c.device)?.autodiff();
+        if c.memory_efficient && arch.is_densenet() {
+            device = device.gradient_checkpointing();
+        }
         let mut model = self.build_model(arch, classes.len(), &device)?;
+        if let Model::DenseNet(net) = &mut model {
+            net.memory_efficient = c.memory_efficient;
+        }
         let workers = c
             .workers
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
