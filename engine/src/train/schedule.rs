@@ -46,3 +46,47 @@ impl LrSchedule {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schedule(schedule: Schedule, warmup_epochs: usize) -> LrSchedule {
+        LrSchedule {
+            base: 0.1,
+            warmup_epochs,
+            schedule,
+            step_size: 2,
+            gamma: 0.1,
+            epochs: 4,
+            steps_per_epoch: 10,
+        }
+    }
+
+    #[test]
+    fn warmup_rises_linearly_per_step_to_the_base_rate() {
+        let s = schedule(Schedule::Constant, 2);
+        assert!((s.lr(0, 0) - 0.1 / 20.0).abs() < 1e-12);
+        assert!((s.lr(1, 9) - 0.1).abs() < 1e-12);
+        assert!((s.lr(3, 5) - 0.1).abs() < 1e-12);
+    }
+
+    #[test]
+    fn step_cosine_and_poly_decay_per_epoch() {
+        let step = schedule(Schedule::Step, 0);
+        let lrs: Vec<f64> = (0..4).map(|e| step.lr(e, 3)).collect();
+        for (lr, want) in lrs.iter().zip([0.1, 0.1, 0.01, 0.01]) {
+            assert!((lr - want).abs() < 1e-12, "{lrs:?}");
+        }
+        let cosine = schedule(Schedule::Cosine, 0);
+        assert!((cosine.lr(0, 0) - 0.1).abs() < 1e-12);
+        assert!((cosine.lr(2, 0) - 0.05).abs() < 1e-12);
+        let poly = schedule(Schedule::Poly, 0);
+        assert!((poly.lr(0, 0) - 0.1).abs() < 1e-12);
+        assert!((poly.lr(2, 0) - 0.1 * 0.5f64.powf(0.9)).abs() < 1e-12);
+        // After warm-up the decay counts from the end of warm-up.
+        let warm_step = schedule(Schedule::Step, 1);
+        assert!((warm_step.lr(1, 0) - 0.1).abs() < 1e-12);
+        assert!((warm_step.lr(3, 0) - 0.01).abs() < 1e-12);
+    }
+}

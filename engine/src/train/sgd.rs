@@ -141,3 +141,65 @@ impl ModuleMapper for Step<'_> {
         Param::from_mapped_value(id, updated, mapper)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Device;
+
+    /// Two steps on one scalar, against `torch.optim.SGD`'s update rule worked by hand.
+    fn two_steps(config: SgdConfig) -> f32 {
+        let device = Device::flex();
+        let mut sgd = Sgd::new(config);
+        let mut p = Tensor::<1>::from_floats([1.0], &device);
+        for _ in 0..2 {
+            let g = Tensor::<1>::from_floats([0.5], &device);
+            p = sgd.update("w", p, g, 0.1);
+        }
+        p.into_scalar()
+    }
+
+    #[test]
+    fn matches_torch_sgd_with_dampening_and_weight_decay() {
+        let p = two_steps(SgdConfig {
+            momentum: 0.9,
+            dampening: 0.1,
+            weight_decay: 0.01,
+            nesterov: false,
+        });
+        // g1 = 0.51, buf = 0.51, p1 = 0.949; g2 = 0.50949, buf = 0.9*0.51 + 0.9*g2, p2 = p1 - 0.1*buf.
+        assert!((p - 0.857_245_9).abs() < 1e-6, "{p}");
+    }
+
+    #[test]
+    fn matches_torch_sgd_with_nesterov() {
+        let p = two_steps(SgdConfig {
+            momentum: 0.9,
+            dampening: 0.0,
+            weight_decay: 0.0,
+            nesterov: true,
+        });
+        // buf1 = 0.5, p1 = 1 - 0.1*(0.5 + 0.45) = 0.905; buf2 = 0.95, p2 = p1 - 0.1*(0.5 + 0.855).
+        assert!((p - 0.7695).abs() < 1e-6, "{p}");
+    }
+
+    #[test]
+    fn state_round_trips() {
+        let device = Device::flex();
+        let mut sgd = Sgd::new(SgdConfig {
+            momentum: 0.9,
+            dampening: 0.0,
+            weight_decay: 0.0,
+            nesterov: false,
+        });
+        let _ = sgd.update(
+            "w",
+            Tensor::from_floats([1.0], &device),
+            Tensor::from_floats([2.0], &device),
+            0.1,
+        );
+        let mut restored = Sgd::new(sgd.config);
+        restored.load_state(sgd.state(), &device);
+        assert_eq!(restored.state(), sgd.state());
+    }
+}
