@@ -257,11 +257,7 @@ fn read_input(path: &Path, device: &Device) -> Result<Tensor<4>> {
 }
 
 fn write_logits(path: &Path, logits: TensorData) -> Result<()> {
-    let shape = logits.shape().to_vec();
-    let bytes = logits.into_bytes();
-    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape, &bytes)?;
-    torchvision::write_atomically(path, |tmp| {
-        safetensors::serialize_to_file([("logits", view)], None, tmp).map_err(|e| e.to_string())
-    })?;
+    let tensors = std::collections::BTreeMap::from([("logits".to_string(), logits)]);
+    torchvision::write_safetensors(path, &tensors, None)?;
     Ok(())
 }
