@@ -1,11 +1,18 @@
 //! `kiln train`: flags (or a job file's `[train]` table) to a `TrainConfig`, then the engine's
 //! trainer.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::Args;
+use kiln_engine::dist::launcher::{self, LaunchConfig};
+use kiln_engine::dist::rendezvous::Warn;
+use kiln_engine::dist::{RingAllReduce, WorldInfo};
+use kiln_engine::train::progress::Progress;
 use kiln_engine::train::{TrainConfig, Trainer};
 
 /// Arguments of `kiln train`; every one overrides the job file's value.
@@ -101,6 +108,33 @@ pub struct TrainArgs {
     /// DenseNet: recompute concatenations and BN in backward to save memory.
     #[arg(long)]
     memory_efficient: bool,
+    /// Start N workers on this node (like torchrun) and forward their output.
+    #[arg(long)]
+    nproc_per_node: Option<usize>,
+    /// Nodes in a multi-node job (with --nproc-per-node).
+    #[arg(long, default_value_t = 1)]
+    nnodes: usize,
+    /// This node's index, from 0 (with --nproc-per-node).
+    #[arg(long, default_value_t = 0)]
+    node_rank: usize,
+    /// Rank 0's host (with --nproc-per-node; default 127.0.0.1).
+    #[arg(long)]
+    master_addr: Option<String>,
+    /// Rank 0's port (with --nproc-per-node; default a free port on one node, 29500 on several).
+    #[arg(long)]
+    master_port: Option<u16>,
+    /// Seconds a dead or silent worker is waited for before the job stops (default 30).
+    #[arg(long)]
+    dist_timeout: Option<f64>,
+    /// Multiply the learning rate by the number of workers (Horovod's recommendation).
+    #[arg(long)]
+    scale_lr: bool,
+    /// Gradient fusion bucket in MiB (default 64).
+    #[arg(long)]
+    bucket_mb: Option<f64>,
+    /// Send gradients as f16 between workers.
+    #[arg(long)]
+    fp16_allreduce: bool,
 }
 
 /// The job file's `[train]` table, read with the same names as the flags (snake_case).
@@ -166,6 +200,9 @@ pub fn config(args: TrainArgs) -> Result<TrainConfig> {
         resume,
         max_steps_per_epoch
     );
+    if let Some(mb) = args.bucket_mb {
+        c.bucket_mb = mb;
+    }
     if let Some(device) = args.device {
         c.device = device;
     }
@@ -182,6 +219,8 @@ pub fn config(args: TrainArgs) -> Result<TrainConfig> {
     c.nesterov |= args.nesterov;
     c.skip_bad_images |= args.skip_bad_images;
     c.memory_efficient |= args.memory_efficient;
+    c.scale_lr |= args.scale_lr;
+    c.fp16_allreduce |= args.fp16_allreduce;
     if let Some(outputs) =
         std::env::var_os("KILN_OUTPUTS").filter(|_| c.output_dir == std::path::Path::new("outputs"))
     {
@@ -190,9 +229,85 @@ pub fn config(args: TrainArgs) -> Result<TrainConfig> {
     Ok(c)
 }
 
-/// Runs `kiln train`.
+/// Flags that belong to the launcher and are not passed on to its workers.
+const LAUNCHER_FLAGS: [&str; 5] = [
+    "--nproc-per-node",
+    "--nnodes",
+    "--node-rank",
+    "--master-addr",
+    "--master-port",
+];
+
+/// This process's arguments without the launcher's flags (and their values).
+fn worker_args() -> Vec<OsString> {
+    let mut out = Vec::new();
+    let mut args = std::env::args_os().skip(1);
+    while let Some(arg) = args.next() {
+        let text = arg.to_string_lossy();
+        if let Some(flag) = LAUNCHER_FLAGS.iter().find(|f| text.starts_with(**f)) {
+            if text.len() == flag.len() {
+                args.next();
+                continue;
+            }
+            if text[flag.len()..].starts_with('=') {
+                continue;
+            }
+        }
+        out.push(arg);
+    }
+    out
+}
+
+/// Runs `kiln train`: a launcher with `--nproc-per-node`, else one worker, distributed when
+/// the environment says so (kiln's launcher, torchrun-style variables, mpirun, srun).
 pub fn run(args: TrainArgs) -> Result<ExitCode> {
+    let timeout = match args.dist_timeout {
+        Some(t) if t > 0.0 && t.is_finite() => Some(Duration::from_secs_f64(t)),
+        Some(t) => bail!("--dist-timeout {t}: expected seconds, more than 0"),
+        None => None,
+    };
+    if let Some(nproc) = args
+        .nproc_per_node
+        .filter(|_| std::env::var_os("RANK").is_none())
+    {
+        if nproc == 0 {
+            bail!("--nproc-per-node 0: expected at least 1");
+        }
+        let program = std::env::current_exe().context("cannot find the kiln executable")?;
+        let mut launch = LaunchConfig::local(program, worker_args(), nproc);
+        launch.nnodes = args.nnodes.max(1);
+        launch.node_rank = args.node_rank;
+        launch.master_addr = args.master_addr.clone();
+        launch.master_port = args.master_port;
+        if let Some(t) = timeout {
+            launch.timeout = t;
+        }
+        let outcome = launcher::launch(&launch)?;
+        if outcome.success() {
+            return Ok(ExitCode::SUCCESS);
+        }
+        for (rank, what) in &outcome.failures {
+            eprintln!("error: worker rank {rank} {what}");
+        }
+        return Ok(ExitCode::FAILURE);
+    }
+    let mut world = WorldInfo::from_env()?;
+    if let Some(t) = timeout {
+        world.timeout = t;
+    }
     let config = config(args)?;
-    Trainer::new(config).fit()?;
+    let rank = world.rank;
+    let progress = if rank == 0 {
+        Progress::stdout("")
+    } else {
+        Progress::warnings_only()
+    };
+    let mut trainer = Trainer::new(config).with_progress(progress);
+    if world.world_size > 1 {
+        let warn: Warn = Arc::new(move |m: &str| eprintln!("warning: rank {rank}: {m}"));
+        let ring = RingAllReduce::join(&world, warn)?;
+        trainer = trainer.with_distributed(Box::new(ring));
+    }
+    trainer.fit()?;
     Ok(ExitCode::SUCCESS)
 }

@@ -51,6 +51,9 @@ pub enum EngineError {
         /// The error.
         source: std::io::Error,
     },
+    /// A distributed job that lost a rank, could not form, or was refused.
+    #[error("distributed training failed: {0}")]
+    Distributed(String),
     /// A model or weights error.
     #[error(transparent)]
     Model(#[from] kiln_models::ModelError),

@@ -6,12 +6,14 @@
 //!   stopping, checkpoints, metrics, progress.
 //! - [`model_dir`] reads and writes trained model directories (`model.safetensors` +
 //!   `kiln.json`).
+//! - [`dist`] is data-parallel training: environment, rendezvous, the ring allreduce,
+//!   gradient buckets, the local launcher.
 //! - [`error`] holds [`EngineError`].
 //!
-//! Distributed training (`dist`), the run history (`runs`) and job files (`job`) arrive with
-//! their issues.
+//! The run history (`runs`) and job files (`job`) arrive with their issues.
 
 pub mod data;
+pub mod dist;
 pub mod error;
 pub mod model_dir;
 pub mod train;

@@ -125,6 +125,13 @@ pub struct TrainConfig {
     /// DenseNet only: recompute concatenations, BN and ReLU in backward instead of storing
     /// them (torchvision's `memory_efficient`), through gradient checkpointing.
     pub memory_efficient: bool,
+    /// Distributed runs: multiply `lr` (and `head_lr`) by the number of ranks, as Horovod
+    /// recommends for a global batch that grows with them.
+    pub scale_lr: bool,
+    /// Distributed runs: gradient fusion bucket size in MiB (Horovod's fusion threshold).
+    pub bucket_mb: f64,
+    /// Distributed runs: send gradients as f16 (half the bytes, Horovod's fp16 compression).
+    pub fp16_allreduce: bool,
 }
 
 impl Default for TrainConfig {
@@ -161,6 +168,9 @@ impl Default for TrainConfig {
             resume: None,
             max_steps_per_epoch: None,
             memory_efficient: false,
+            scale_lr: false,
+            bucket_mb: 64.0,
+            fp16_allreduce: false,
         }
     }
 }

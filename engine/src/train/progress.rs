@@ -16,6 +16,7 @@ pub struct Progress {
 enum Mode {
     Bars,
     Lines,
+    Warnings,
     Silent,
 }
 
@@ -43,9 +44,18 @@ impl Progress {
         }
     }
 
+    /// Only warnings (the ranks other than 0 of a distributed run).
+    pub fn warnings_only() -> Self {
+        Self {
+            mode: Mode::Warnings,
+            bar: None,
+            prefix: String::new(),
+        }
+    }
+
     /// A line of information.
     pub fn info(&self, message: &str) {
-        if self.mode != Mode::Silent {
+        if !matches!(self.mode, Mode::Silent | Mode::Warnings) {
             self.println(&format!("{}{message}", self.prefix));
         }
     }

@@ -14,6 +14,7 @@ use kiln_models::{Arch, Model};
 
 use crate::data::transform::{IMAGENET_MEAN, IMAGENET_STD};
 use crate::data::{Batch, ImageFolder, Loader, LoaderConfig, Sampler, check_same_classes};
+use crate::dist::{GradientBuckets, Transport, Wire, replicas};
 use crate::error::EngineError;
 use crate::model_dir::{self, ModelInfo};
 use crate::train::checkpoint::{self, EpochMetrics, TrainerState};
@@ -88,6 +89,7 @@ pub struct Trainer {
     config: TrainConfig,
     progress: Progress,
     hook: Option<Box<dyn GradientHook>>,
+    dist: Option<Box<dyn Transport>>,
     rank: usize,
     world: usize,
     run_id: String,
@@ -141,6 +143,7 @@ impl Trainer {
             config,
             progress: Progress::stdout(""),
             hook: None,
+            dist: None,
             rank: 0,
             world: 1,
             run_id: std::env::var("KILN_RUN_ID").unwrap_or_else(|_| "local".into()),
@@ -156,6 +159,16 @@ impl Trainer {
     /// Runs `hook` on every step's gradients.
     pub fn with_gradient_hook(mut self, hook: Box<dyn GradientHook>) -> Self {
         self.hook = Some(hook);
+        self
+    }
+
+    /// Trains data-parallel over `transport`'s ranks: rank 0's initial state is broadcast,
+    /// each rank reads its shard, gradients are averaged every step, metrics are summed over
+    /// ranks (so early stopping decides the same everywhere) and only rank 0 writes files.
+    pub fn with_distributed(mut self, transport: Box<dyn Transport>) -> Self {
+        self.rank = transport.rank();
+        self.world = transport.world_size();
+        self.dist = Some(transport);
         self
     }
 
@@ -296,8 +309,13 @@ impl Trainer {
             let per_rank = train_sampler.indices(0).len().div_ceil(c.batch_size);
             c.max_steps_per_epoch.map_or(per_rank, |m| per_rank.min(m))
         };
+        let base_lr = if c.scale_lr {
+            c.lr * self.world as f64
+        } else {
+            c.lr
+        };
         let schedule = LrSchedule {
-            base: c.lr,
+            base: base_lr,
             warmup_epochs: c.warmup_epochs,
             schedule: c.schedule,
             step_size: c.step_size,
@@ -324,7 +342,12 @@ impl Trainer {
             history: Vec::new(),
             stopped_early: false,
         };
-        if let Some(resume) = &c.resume {
+        // In a distributed run rank 0 alone reads the checkpoint and broadcasts it below.
+        if let Some(resume) = c
+            .resume
+            .as_ref()
+            .filter(|_| self.dist.is_none() || self.rank == 0)
+        {
             let dir = checkpoint::latest(resume).ok_or_else(|| EngineError::BadOption {
                 option: "resume",
                 value: resume.display().to_string(),
@@ -345,6 +368,34 @@ impl Trainer {
                 dir.display(),
                 state.epochs_done
             ));
+        }
+        let buckets = GradientBuckets {
+            bucket_bytes: ((c.bucket_mb * (1 << 20) as f64) as usize).max(4),
+            wire: if c.fp16_allreduce {
+                Wire::F16
+            } else {
+                Wire::F32
+            },
+        };
+        if let Some(t) = self.dist.as_deref_mut() {
+            let root = t.rank() == 0;
+            let weights = replicas::broadcast_tensors(t, torchvision::state_dict(&model))?;
+            if !root {
+                let from = Path::new("rank 0's broadcast");
+                model = torchvision::load_state_dict(
+                    model,
+                    weights,
+                    arch,
+                    from,
+                    LoadOptions::default(),
+                )?;
+            }
+            let momentum = replicas::broadcast_tensors(t, sgd.state())?;
+            if !root {
+                sgd.load_state(momentum, &device.clone().inner());
+            }
+            state = replicas::broadcast_value(t, state)?;
+            replicas::check_same(t, "trainable parameter layout", &buckets.layout(&model))?;
         }
         let mut metrics = if self.rank == 0 {
             Some(MetricsLog::open(
@@ -378,15 +429,24 @@ impl Trainer {
             for (step, batch) in batches.take(steps_per_epoch).enumerate() {
                 let batch = batch?;
                 skipped += batch.skipped.len();
+                lr = schedule.lr(epoch, step);
                 if batch.is_empty() {
+                    // Every rank must take part in every step's allreduce: this one adds zeros.
+                    if let Some(t) = self.dist.as_deref_mut() {
+                        let grads = buckets.average(t, &model, GradientsParams::new())?;
+                        model = sgd.step(model, grads, lr, lr * head_ratio);
+                        state.global_step += 1;
+                    }
                     continue;
                 }
-                lr = schedule.lr(epoch, step);
                 let (x, y) = to_device(&batch, image_size, &device);
                 let logits = model.forward(x);
                 let loss = cross_entropy(logits.clone(), y);
                 let loss_value: f32 = loss.clone().into_scalar();
-                let grads = GradientsParams::from_grads(loss.backward(), &model);
+                let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+                if let Some(t) = self.dist.as_deref_mut() {
+                    grads = buckets.average(t, &model, grads)?;
+                }
                 let grads = match &mut self.hook {
                     Some(hook) => hook.on_gradients(&model, grads)?,
                     None => grads,
@@ -401,7 +461,12 @@ impl Trainer {
                 self.progress
                     .step(epoch + 1, c.epochs, loss_sum / seen as f64, rate);
             }
-            let images_per_s = seen as f64 / train_start.elapsed().as_secs_f64();
+            let train_time = train_start.elapsed().as_secs_f64();
+            if let Some(t) = self.dist.as_deref_mut() {
+                let total = replicas::sum_across(t, &[loss_sum, correct as f64, seen as f64])?;
+                (loss_sum, correct, seen) = (total[0], total[1] as usize, total[2] as usize);
+            }
+            let images_per_s = seen as f64 / train_time;
             let eval = model.valid();
             let (mut val_loss, mut val_correct, mut val_top5, mut val_seen) = (0.0, 0, 0, 0);
             for batch in val_loader.batches(0, val_sampler.indices(0)) {
@@ -419,6 +484,18 @@ impl Trainer {
                 val_correct += correct_top_k(&logits, &batch.labels, classes.len(), 1);
                 val_top5 += correct_top_k(&logits, &batch.labels, classes.len(), 5);
                 val_seen += batch.len();
+            }
+            if let Some(t) = self.dist.as_deref_mut() {
+                let sums = [
+                    val_loss,
+                    val_correct as f64,
+                    val_top5 as f64,
+                    val_seen as f64,
+                ];
+                let total = replicas::sum_across(t, &sums)?;
+                val_loss = total[0];
+                (val_correct, val_top5, val_seen) =
+                    (total[1] as usize, total[2] as usize, total[3] as usize);
             }
             let n = val_seen.max(1) as f64;
             let m = EpochMetrics {
@@ -489,7 +566,7 @@ impl Trainer {
             .early_stopping
             .best_epoch
             .map_or(state.epochs_done, |e| e + 1);
-        if best_epoch != state.epochs_done {
+        if best_epoch != state.epochs_done && self.rank == 0 {
             let best = checkpoint::load(&checkpoint::epoch_dir(&checkpoints, best_epoch))?;
             model = torchvision::load_state_dict(
                 model,
@@ -515,6 +592,10 @@ impl Trainer {
             };
             model_dir::save(&model_path, &model.valid(), &info)?;
             crate::train::curves::draw(&outputs.join("curves.png"), &state.history)?;
+        }
+        if let Some(t) = self.dist.as_deref_mut() {
+            // Nobody reports success before rank 0 has written the model.
+            t.barrier()?;
         }
         let why = match stop_reason {
             StopReason::EarlyStopping => format!(

@@ -1,0 +1,279 @@
+//! [`RingAllReduce`]: the collectives over a ring of TCP connections. Allreduce is the
+//! bandwidth-optimal ring (reduce-scatter, then all-gather: each rank sends 2(n-1)/n of the
+//! data); every segment travels in chunks, and a sender thread writes while the calling thread
+//! receives and reduces, so sending, receiving and reducing overlap.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::sync::mpsc::{Sender, channel};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::dist::env::WorldInfo;
+use crate::dist::rendezvous::{self, Group, Health, Warn};
+use crate::dist::{ReduceOp, Transport, Wire};
+use crate::error::EngineError;
+
+/// Bytes per chunk on the wire (the unit of pipelining).
+pub const DEFAULT_CHUNK_BYTES: usize = 1 << 20;
+
+/// kiln's own collectives, on every backend: the data is in host memory as it goes round.
+pub struct RingAllReduce {
+    rank: usize,
+    world_size: usize,
+    hosts: Vec<String>,
+    prev: TcpStream,
+    sender: Option<(Sender<Vec<u8>>, JoinHandle<()>)>,
+    health: Arc<Health>,
+    chunk_bytes: usize,
+    scratch: Vec<u8>,
+}
+
+impl RingAllReduce {
+    /// Joins the job `info` describes (rendezvous at rank 0, then the ring).
+    pub fn join(info: &WorldInfo, warn: Warn) -> Result<Self, EngineError> {
+        Ok(Self::from_group(rendezvous::join(info, warn)?))
+    }
+
+    /// The collectives over an already formed group.
+    pub fn from_group(group: Group) -> Self {
+        let (tx, rx) = channel::<Vec<u8>>();
+        let mut next = group.next;
+        let health = group.health.clone();
+        let next_rank = (group.rank + 1) % group.world_size;
+        let next_host = group.hosts[next_rank].clone();
+        let writer = std::thread::spawn(move || {
+            for buf in rx {
+                if let Err(e) = next.write_all(&buf) {
+                    health.fail(format!("lost rank {next_rank} on {next_host}: {e}"));
+                    return;
+                }
+            }
+            let _ = next.flush();
+        });
+        Self {
+            rank: group.rank,
+            world_size: group.world_size,
+            hosts: group.hosts,
+            prev: group.prev,
+            sender: Some((tx, writer)),
+            health: group.health,
+            chunk_bytes: DEFAULT_CHUNK_BYTES,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Sets the pipelining chunk size (bytes, at least 4).
+    pub fn with_chunk_bytes(mut self, bytes: usize) -> Self {
+        self.chunk_bytes = bytes.max(4);
+        self
+    }
+
+    /// Every rank's host, by rank.
+    pub fn hosts(&self) -> &[String] {
+        &self.hosts
+    }
+
+    fn send(&self, buf: Vec<u8>) -> Result<(), EngineError> {
+        match &self.sender {
+            Some((tx, _)) if tx.send(buf).is_ok() => Ok(()),
+            _ => Err(self.lost("the sender stopped")),
+        }
+    }
+
+    /// The error for a broken ring: the job's recorded failure if one arrives soon, else the
+    /// previous rank, reported to the others.
+    fn lost(&self, what: &str) -> EngineError {
+        let until = Instant::now() + self.health.timeout.min(Duration::from_secs(3));
+        while Instant::now() < until {
+            if let Some(reason) = self.health.failure() {
+                return EngineError::Distributed(reason);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let prev = (self.rank + self.world_size - 1) % self.world_size;
+        let reason = format!("lost rank {prev} on {}: {what}", self.hosts[prev]);
+        self.health.fail(reason);
+        EngineError::Distributed(self.health.failure().unwrap_or_default())
+    }
+
+    fn check(&self) -> Result<(), EngineError> {
+        match self.health.failure() {
+            Some(reason) => Err(EngineError::Distributed(reason)),
+            None => Ok(()),
+        }
+    }
+
+    fn recv_exact(&mut self, len: usize) -> Result<(), EngineError> {
+        self.scratch.resize(len, 0);
+        if let Err(e) = self.prev.read_exact(&mut self.scratch) {
+            return Err(self.lost(&e.to_string()));
+        }
+        Ok(())
+    }
+
+    fn recv_len(&mut self) -> Result<usize, EngineError> {
+        self.recv_exact(8)?;
+        let mut word = [0u8; 8];
+        word.copy_from_slice(&self.scratch);
+        Ok(u64::from_le_bytes(word) as usize)
+    }
+
+    /// Ends cleanly: flushes what is queued and tells rank 0 (or the workers) goodbye.
+    pub fn close(&mut self) {
+        if let Some((tx, writer)) = self.sender.take() {
+            drop(tx);
+            let _ = writer.join();
+        }
+        self.health.close();
+    }
+}
+
+impl Drop for RingAllReduce {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn encode(values: &[f32], wire: Wire) -> Vec<u8> {
+    match wire {
+        Wire::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        Wire::F16 => values
+            .iter()
+            .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+            .collect(),
+    }
+}
+
+/// `out[i] = v` (`add` false) or `out[i] += v` for each value in `bytes`.
+fn apply(out: &mut [f32], bytes: &[u8], wire: Wire, add: bool) {
+    match wire {
+        Wire::F32 => {
+            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+                let v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                *o = if add { *o + v } else { v };
+            }
+        }
+        Wire::F16 => {
+            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                let v = half::f16::from_le_bytes([b[0], b[1]]).to_f32();
+                *o = if add { *o + v } else { v };
+            }
+        }
+    }
+}
+
+impl Transport for RingAllReduce {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+
+    fn world_size(&self) -> usize {
+        self.world_size
+    }
+
+    fn allreduce_with(
+        &mut self,
+        data: &mut [f32],
+        op: ReduceOp,
+        wire: Wire,
+    ) -> Result<(), EngineError> {
+        let (n, r) = (self.world_size, self.rank);
+        if n == 1 {
+            return Ok(());
+        }
+        self.check()?;
+        let len = data.len();
+        let segment = |i: usize| (i * len / n)..((i + 1) * len / n);
+        let chunk = (self.chunk_bytes / wire.bytes()).max(1);
+        let steps = 2 * (n - 1);
+        let first = segment(r);
+        for start in first.clone().step_by(chunk) {
+            self.send(encode(&data[start..(start + chunk).min(first.end)], wire))?;
+        }
+        for step in 0..steps {
+            // Reduce-scatter: receive segment r-1-step and add; after n-1 steps this rank holds
+            // segment r+1 summed. All-gather: receive the finished segments and copy.
+            let reducing = step < n - 1;
+            let seg = if reducing {
+                (r + n - 1 - step) % n
+            } else {
+                (r + n - (step - (n - 1))) % n
+            };
+            let range = segment(seg);
+            for start in range.clone().step_by(chunk) {
+                let end = (start + chunk).min(range.end);
+                self.recv_exact((end - start) * wire.bytes())?;
+                apply(&mut data[start..end], &self.scratch, wire, reducing);
+                if step == n - 2 && wire == Wire::F16 {
+                    // The owner keeps what the others will decode, so all ranks end identical.
+                    for v in &mut data[start..end] {
+                        *v = half::f16::from_f32(*v).to_f32();
+                    }
+                }
+                if step + 1 < steps {
+                    self.send(encode(&data[start..end], wire))?;
+                }
+            }
+        }
+        if op == ReduceOp::Average {
+            let n = n as f32;
+            data.iter_mut().for_each(|v| *v /= n);
+        }
+        Ok(())
+    }
+
+    fn broadcast(&mut self, data: &mut Vec<u8>, root: usize) -> Result<(), EngineError> {
+        let n = self.world_size;
+        if n == 1 {
+            return Ok(());
+        }
+        self.check()?;
+        let forward = (self.rank + 1) % n != root;
+        if self.rank == root {
+            self.send((data.len() as u64).to_le_bytes().to_vec())?;
+            for piece in data.chunks(self.chunk_bytes) {
+                self.send(piece.to_vec())?;
+            }
+            return Ok(());
+        }
+        let len = self.recv_len()?;
+        if forward {
+            self.send((len as u64).to_le_bytes().to_vec())?;
+        }
+        data.clear();
+        data.reserve(len);
+        let mut start = 0;
+        while start < len {
+            let end = (start + self.chunk_bytes).min(len);
+            self.recv_exact(end - start)?;
+            data.extend_from_slice(&self.scratch);
+            if forward {
+                self.send(self.scratch.clone())?;
+            }
+            start = end;
+        }
+        Ok(())
+    }
+
+    fn all_gather(&mut self, data: &[u8]) -> Result<Vec<Vec<u8>>, EngineError> {
+        let (n, r) = (self.world_size, self.rank);
+        let mut out = vec![Vec::new(); n];
+        out[r] = data.to_vec();
+        if n == 1 {
+            return Ok(out);
+        }
+        self.check()?;
+        for step in 0..n - 1 {
+            let send = (r + n - step) % n;
+            let mut frame = (out[send].len() as u64).to_le_bytes().to_vec();
+            frame.extend_from_slice(&out[send]);
+            self.send(frame)?;
+            let len = self.recv_len()?;
+            self.recv_exact(len)?;
+            out[(r + n - step - 1) % n] = std::mem::take(&mut self.scratch);
+        }
+        Ok(out)
+    }
+}
