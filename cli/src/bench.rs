@@ -1,8 +1,9 @@
-//! `kiln bench train | data`: kiln's own throughput, as a table or `--json`. The PyTorch peers
+//! `kiln bench train | allreduce | data`: kiln's own throughput, as a table or `--json`. The PyTorch peers
 //! in `benches/peers/` measure the same work; `benches/compare.sh` runs both.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Result;
@@ -11,6 +12,9 @@ use burn::tensor::{Distribution, Int, Tensor};
 use clap::{Args, Subcommand};
 use kiln_engine::data::transform::{IMAGENET_MEAN, IMAGENET_STD};
 use kiln_engine::data::{Augment, ImageFolder, Loader, LoaderConfig, Sampler};
+use kiln_engine::dist::launcher::{self, LaunchConfig};
+use kiln_engine::dist::rendezvous::Warn;
+use kiln_engine::dist::{ReduceOp, RingAllReduce, Solo, Transport, Wire, WorldInfo};
 use kiln_engine::train::loss::cross_entropy;
 use kiln_engine::train::sgd::{Sgd, SgdConfig};
 use kiln_engine::train::trainer::device_by_name;
@@ -42,6 +46,24 @@ enum BenchCommand {
         /// cpu, wgpu or cuda.
         #[arg(long, default_value = "cpu")]
         device: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// kiln's ring allreduce between local worker processes (it starts them itself).
+    Allreduce {
+        /// Worker processes.
+        #[arg(long, default_value_t = 2)]
+        nproc: usize,
+        /// MiB of f32 per allreduce.
+        #[arg(long, default_value_t = 64.0)]
+        size_mb: f64,
+        /// Timed allreduces (after 2 warm-up ones).
+        #[arg(long, default_value_t = 10)]
+        iters: usize,
+        /// f16 on the wire.
+        #[arg(long)]
+        fp16: bool,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -154,6 +176,13 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
                 );
             }
         }
+        BenchCommand::Allreduce {
+            nproc,
+            size_mb,
+            iters,
+            fp16,
+            json,
+        } => return allreduce(nproc, size_mb, iters, fp16, json),
         BenchCommand::Data {
             dir,
             image_size,
@@ -209,6 +238,71 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
                 );
             }
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kiln bench allreduce`: as the launcher, starts `nproc` copies of this command; as a worker
+/// (`RANK` set), times allreduces and, on rank 0, prints the result.
+fn allreduce(nproc: usize, size_mb: f64, iters: usize, fp16: bool, json: bool) -> Result<ExitCode> {
+    if std::env::var_os("RANK").is_none() {
+        let program = std::env::current_exe()?;
+        let args = std::env::args_os().skip(1).collect();
+        let outcome = launcher::launch(&LaunchConfig::local(program, args, nproc.max(1)))?;
+        for (rank, what) in &outcome.failures {
+            eprintln!("error: worker rank {rank} {what}");
+        }
+        return Ok(if outcome.success() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    }
+    let world = WorldInfo::from_env()?;
+    let warn: Warn = Arc::new(|m: &str| eprintln!("warning: {m}"));
+    let mut ring: Box<dyn Transport> = if world.world_size > 1 {
+        Box::new(RingAllReduce::join(&world, warn)?)
+    } else {
+        Box::new(Solo)
+    };
+    let len = (size_mb * (1 << 20) as f64 / 4.0) as usize;
+    let mut data: Vec<f32> = (0..len).map(|i| (i % 1000) as f32).collect();
+    let wire = if fp16 { Wire::F16 } else { Wire::F32 };
+    let mut times = Vec::new();
+    for i in 0..iters + 2 {
+        ring.barrier()?;
+        let t = Instant::now();
+        ring.allreduce_with(&mut data, ReduceOp::Average, wire)?;
+        if i >= 2 {
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    if world.rank != 0 {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let ms = median(times.clone());
+    let n = world.world_size as f64;
+    let bytes = len as f64 * 4.0;
+    // nccl-tests' definitions: algorithm bandwidth, and bus bandwidth = algbw * 2(n-1)/n.
+    let algbw = bytes / (ms / 1e3) / 1e9;
+    let busbw = algbw * 2.0 * (n - 1.0) / n;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "engine": "kiln", "ranks": world.world_size, "size_mb": size_mb, "fp16": fp16,
+                "median_ms": ms, "algbw_gb_s": algbw, "busbw_gb_s": busbw, "times_ms": times,
+            })
+        );
+    } else {
+        println!(
+            "{:>6} {:>10} {:>12} {:>12} {:>12}",
+            "ranks", "MiB", "median ms", "algbw GB/s", "busbw GB/s"
+        );
+        println!(
+            "{:>6} {:>10.1} {:>12.2} {:>12.2} {:>12.2}",
+            world.world_size, size_mb, ms, algbw, busbw
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -291,3 +291,41 @@ fn a_stranger_with_a_bad_token_is_refused_while_training_goes_on() {
     assert!(all.contains("[rank 0] epoch 1/1"), "{all}");
     assert!(outputs.join("model/model.safetensors").is_file());
 }
+
+#[test]
+fn a_stalled_worker_stops_the_job_after_the_timeout() {
+    let out = tmp("stall");
+    let mut args = train_args(&out.join("outputs"), "3", "1000");
+    args.extend(["--nproc-per-node", "3", "--dist-timeout", "4"].map(String::from));
+    let (child, rx) = spawn(&args);
+    let launcher = child.id();
+    let mut seen = Vec::new();
+    wait_for(
+        &rx,
+        &mut seen,
+        "[rank 0] training resnet18",
+        Duration::from_secs(120),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let workers = workers_of(launcher);
+    let victim = workers.iter().find(|(_, r)| *r == 2).expect("rank 2").0;
+    Command::new("kill")
+        .args(["-STOP", &victim.to_string()])
+        .status()
+        .expect("kill");
+    let (status, took) = finish(child, &rx, &mut seen, Duration::from_secs(60));
+    let all = seen.join("\n");
+    assert!(!status.success(), "{all}");
+    // 4 s to notice, then the launcher gives the stalled worker 4 + 5 s before killing it.
+    assert!(
+        took < Duration::from_secs(4 + 4 + 5 + 5),
+        "took {took:?}:\n{all}"
+    );
+    assert!(
+        all.contains("lost rank 2") && all.contains("no heartbeat for 4s"),
+        "{all}"
+    );
+    for (pid, rank) in workers {
+        assert!(!alive(pid), "rank {rank} (pid {pid}) outlived the job");
+    }
+}

@@ -6,7 +6,7 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
-use std::sync::mpsc::{Sender, channel};
+use std::sync::mpsc::{Receiver, Sender, channel};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -14,6 +14,7 @@ use crate::dist::env::WorldInfo;
 use crate::dist::rendezvous::{self, Group, Health, Warn};
 use crate::dist::{ReduceOp, Transport, Wire};
 use crate::error::EngineError;
+use half::slice::HalfFloatSliceExt;
 
 /// Bytes per chunk on the wire (the unit of pipelining).
 pub const DEFAULT_CHUNK_BYTES: usize = 1 << 20;
@@ -25,9 +26,12 @@ pub struct RingAllReduce {
     hosts: Vec<String>,
     prev: TcpStream,
     sender: Option<(Sender<Vec<u8>>, JoinHandle<()>)>,
+    /// Buffers the sender has written, back for reuse (fresh megabyte buffers cost page faults).
+    spent: Receiver<Vec<u8>>,
     health: Arc<Health>,
     chunk_bytes: usize,
     scratch: Vec<u8>,
+    codec: Codec,
 }
 
 impl RingAllReduce {
@@ -39,6 +43,7 @@ impl RingAllReduce {
     /// The collectives over an already formed group.
     pub fn from_group(group: Group) -> Self {
         let (tx, rx) = channel::<Vec<u8>>();
+        let (spent_tx, spent) = channel::<Vec<u8>>();
         let mut next = group.next;
         let health = group.health.clone();
         let next_rank = (group.rank + 1) % group.world_size;
@@ -49,6 +54,7 @@ impl RingAllReduce {
                     health.fail(format!("lost rank {next_rank} on {next_host}: {e}"));
                     return;
                 }
+                let _ = spent_tx.send(buf);
             }
             let _ = next.flush();
         });
@@ -58,9 +64,11 @@ impl RingAllReduce {
             hosts: group.hosts,
             prev: group.prev,
             sender: Some((tx, writer)),
+            spent,
             health: group.health,
             chunk_bytes: DEFAULT_CHUNK_BYTES,
             scratch: Vec::new(),
+            codec: Codec::default(),
         }
     }
 
@@ -73,6 +81,20 @@ impl RingAllReduce {
     /// Every rank's host, by rank.
     pub fn hosts(&self) -> &[String] {
         &self.hosts
+    }
+
+    /// A buffer to fill for [`RingAllReduce::send`], reused when one is free.
+    fn buffer(&self) -> Vec<u8> {
+        let mut buf = self.spent.try_recv().unwrap_or_default();
+        buf.clear();
+        buf
+    }
+
+    /// `values` in `wire` format, queued for the next rank.
+    fn send_values(&mut self, values: &[f32], wire: Wire) -> Result<(), EngineError> {
+        let mut buf = self.buffer();
+        self.codec.encode(values, wire, &mut buf);
+        self.send(buf)
     }
 
     fn send(&self, buf: Vec<u8>) -> Result<(), EngineError> {
@@ -136,31 +158,70 @@ impl Drop for RingAllReduce {
     }
 }
 
-fn encode(values: &[f32], wire: Wire) -> Vec<u8> {
-    match wire {
-        Wire::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        Wire::F16 => values
-            .iter()
-            .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
-            .collect(),
-    }
+/// Conversions between f32 values and wire bytes, with reused scratch space; f16 goes through
+/// `half`'s slice conversions, which use the CPU's F16C instructions when it has them.
+#[derive(Default)]
+struct Codec {
+    halves: Vec<half::f16>,
+    floats: Vec<f32>,
 }
 
-/// `out[i] = v` (`add` false) or `out[i] += v` for each value in `bytes`.
-fn apply(out: &mut [f32], bytes: &[u8], wire: Wire, add: bool) {
-    match wire {
-        Wire::F32 => {
-            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
-                let v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-                *o = if add { *o + v } else { v };
+impl Codec {
+    fn encode(&mut self, values: &[f32], wire: Wire, out: &mut Vec<u8>) {
+        // Fixed-size writes into a sized buffer: the compiler vectorises these loops.
+        out.resize(values.len() * wire.bytes(), 0);
+        match wire {
+            Wire::F32 => {
+                for (o, v) in out.chunks_exact_mut(4).zip(values) {
+                    o.copy_from_slice(&v.to_le_bytes());
+                }
+            }
+            Wire::F16 => {
+                self.halves.resize(values.len(), half::f16::ZERO);
+                self.halves.convert_from_f32_slice(values);
+                for (o, h) in out.chunks_exact_mut(2).zip(&self.halves) {
+                    o.copy_from_slice(&h.to_le_bytes());
+                }
             }
         }
-        Wire::F16 => {
-            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-                let v = half::f16::from_le_bytes([b[0], b[1]]).to_f32();
-                *o = if add { *o + v } else { v };
+    }
+
+    /// `out[i] = v` (`add` false) or `out[i] += v` for each value in `bytes`.
+    fn apply(&mut self, out: &mut [f32], bytes: &[u8], wire: Wire, add: bool) {
+        let values: &[f32] = match wire {
+            Wire::F32 => {
+                self.floats.clear();
+                self.floats.extend(
+                    bytes
+                        .chunks_exact(4)
+                        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+                );
+                &self.floats
             }
+            Wire::F16 => {
+                self.halves.clear();
+                self.halves.extend(
+                    bytes
+                        .chunks_exact(2)
+                        .map(|b| half::f16::from_le_bytes([b[0], b[1]])),
+                );
+                self.floats.resize(self.halves.len(), 0.0);
+                self.halves.convert_to_f32_slice(&mut self.floats);
+                &self.floats
+            }
+        };
+        if add {
+            out.iter_mut().zip(values).for_each(|(o, v)| *o += v);
+        } else {
+            out.copy_from_slice(&values[..out.len()]);
         }
+    }
+
+    /// Rounds `values` to f16 precision in place.
+    fn round_to_f16(&mut self, values: &mut [f32]) {
+        self.halves.resize(values.len(), half::f16::ZERO);
+        self.halves.convert_from_f32_slice(values);
+        self.halves.convert_to_f32_slice(values);
     }
 }
 
@@ -190,7 +251,7 @@ impl Transport for RingAllReduce {
         let steps = 2 * (n - 1);
         let first = segment(r);
         for start in first.clone().step_by(chunk) {
-            self.send(encode(&data[start..(start + chunk).min(first.end)], wire))?;
+            self.send_values(&data[start..(start + chunk).min(first.end)], wire)?;
         }
         for step in 0..steps {
             // Reduce-scatter: receive segment r-1-step and add; after n-1 steps this rank holds
@@ -205,15 +266,14 @@ impl Transport for RingAllReduce {
             for start in range.clone().step_by(chunk) {
                 let end = (start + chunk).min(range.end);
                 self.recv_exact((end - start) * wire.bytes())?;
-                apply(&mut data[start..end], &self.scratch, wire, reducing);
+                self.codec
+                    .apply(&mut data[start..end], &self.scratch, wire, reducing);
                 if step == n - 2 && wire == Wire::F16 {
                     // The owner keeps what the others will decode, so all ranks end identical.
-                    for v in &mut data[start..end] {
-                        *v = half::f16::from_f32(*v).to_f32();
-                    }
+                    self.codec.round_to_f16(&mut data[start..end]);
                 }
                 if step + 1 < steps {
-                    self.send(encode(&data[start..end], wire))?;
+                    self.send_values(&data[start..end], wire)?;
                 }
             }
         }
@@ -234,7 +294,9 @@ impl Transport for RingAllReduce {
         if self.rank == root {
             self.send((data.len() as u64).to_le_bytes().to_vec())?;
             for piece in data.chunks(self.chunk_bytes) {
-                self.send(piece.to_vec())?;
+                let mut buf = self.buffer();
+                buf.extend_from_slice(piece);
+                self.send(buf)?;
             }
             return Ok(());
         }
@@ -250,7 +312,9 @@ impl Transport for RingAllReduce {
             self.recv_exact(end - start)?;
             data.extend_from_slice(&self.scratch);
             if forward {
-                self.send(self.scratch.clone())?;
+                let mut buf = self.buffer();
+                buf.extend_from_slice(&self.scratch);
+                self.send(buf)?;
             }
             start = end;
         }

@@ -272,9 +272,9 @@ impl Trainer {
         if let Model::DenseNet(net) = &mut model {
             net.memory_efficient = c.memory_efficient;
         }
-        let workers = c
-            .workers
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        // rayon's pool size honours RAYON_NUM_THREADS, which the launcher divides among the
+        // workers of a machine.
+        let workers = c.workers.unwrap_or_else(rayon::current_num_threads);
         let loader = |samples: &ImageFolder, augment| {
             Loader::new(
                 samples.samples.clone(),
