@@ -3,6 +3,7 @@
 
 mod bench;
 mod data;
+mod export;
 mod predict;
 mod train;
 
@@ -26,6 +27,8 @@ enum Command {
     Train(train::TrainArgs),
     /// Score images or a raw input tensor with a trained model or torchvision weights.
     Predict(predict::PredictArgs),
+    /// Export a trained model (ONNX).
+    Export(export::ExportArgs),
     /// Import datasets into image folders.
     Data(data::DataArgs),
     /// Benchmarks: training steps, the data loader.
@@ -37,6 +40,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Train(args) => train::run(args),
         Command::Predict(args) => predict::run(args),
+        Command::Export(args) => export::run(args),
         Command::Data(args) => data::run(args),
         Command::Bench(args) => bench::run(args),
     };

@@ -82,3 +82,42 @@ pub fn load(dir: &Path, device: &Device) -> Result<(Model, ModelInfo), EngineErr
         .map_err(|e| EngineError::InvalidModelDirectory(e.to_string()))?;
     Ok((model.set_training(false), info))
 }
+
+/// Writes the model directory `dir` as ONNX to `out` (through a temporary file, so a failed
+/// export leaves nothing behind). The metadata carries the arch, the class names (a JSON list,
+/// in label order) and the preprocessing: image size, mean and std. `batch` `None` makes the
+/// batch dimension dynamic. Returns the file's size in bytes.
+pub fn export_onnx(
+    dir: &Path,
+    out: &Path,
+    opset: u32,
+    batch: Option<usize>,
+) -> Result<usize, EngineError> {
+    let (model, info) = load(dir, &Device::flex())?;
+    let arch: Arch = info.arch.parse()?;
+    let options = kiln_models::onnx::OnnxOptions {
+        opset,
+        batch,
+        image_size: info.image_size as usize,
+        metadata: vec![
+            ("arch".into(), info.arch.clone()),
+            ("classes".into(), json(&info.classes)),
+            ("image_size".into(), info.image_size.to_string()),
+            ("mean".into(), json(&info.mean)),
+            ("std".into(), json(&info.std)),
+            (
+                "input_layout".into(),
+                "NCHW RGB, scaled to [0, 1], then (x - mean) / std".into(),
+            ),
+        ],
+    };
+    let bytes = kiln_models::onnx::export(&model, arch, &options)?;
+    torchvision::write_atomically(out, |tmp| {
+        std::fs::write(tmp, &bytes).map_err(|e| e.to_string())
+    })?;
+    Ok(bytes.len())
+}
+
+fn json<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_default()
+}

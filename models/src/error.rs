@@ -32,6 +32,9 @@ pub enum ModelError {
         /// The first mismatched key and both shapes, or the missing/unexpected keys.
         detail: String,
     },
+    /// A model that cannot be exported as asked.
+    #[error("cannot export: {0}")]
+    Export(String),
     /// A file that could not be written.
     #[error("cannot write {path}: {reason}")]
     Write {

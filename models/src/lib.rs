@@ -17,6 +17,7 @@ pub mod error;
 pub mod head;
 pub mod layers;
 pub mod norm;
+pub mod onnx;
 pub mod resnet;
 pub mod torchvision;
 
