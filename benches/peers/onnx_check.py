@@ -1,7 +1,8 @@
 """kiln's ONNX export and its weights, checked by PyTorch's tools: the ONNX checker, then the
 same input through onnxruntime, through torchvision with kiln's `model.safetensors` loaded
 strictly, and through `kiln predict --input-tensor`; max abs/relative differences of the
-logits, and onnxruntime's CPU img/s. One JSON line per model.
+logits; onnxruntime's CPU img/s beside `kiln bench predict`'s on the same batch size. One
+JSON line per model.
 
     python benches/peers/onnx_check.py --kiln target/release/kiln --model outputs/model \
         --onnx model.onnx [--batch 8] [--iters 10] [--threads 2]
@@ -69,6 +70,11 @@ def main():
     with torch.no_grad():
         tv = net(torch.from_numpy(x)).numpy()
 
+    bench = subprocess.run([args.kiln, "bench", "predict", "--model", args.model, "--batch-size",
+                            str(args.batch), "--iters", str(args.iters), "--json"],
+                           check=True, capture_output=True, text=True)
+    kiln_ips = json.loads(bench.stdout.strip().splitlines()[-1])["images_per_s"]
+
     def diff(a, b):
         return float(np.abs(a - b).max()), float((np.abs(a - b) / np.maximum(np.abs(b), 1.0)).max())
 
@@ -80,6 +86,7 @@ def main():
         "checker": "ok", "ort_vs_kiln_max_abs": ort_abs, "ort_vs_kiln_max_rel": ort_rel,
         "torchvision_vs_kiln_max_abs": tv_abs, "torchvision_vs_kiln_max_rel": tv_rel,
         "ort_images_per_s": args.batch / statistics.median(times),
+        "kiln_predict_images_per_s": kiln_ips,
     }))
     if max(ort_rel, tv_rel) > 1e-4:
         raise SystemExit(f"logits differ beyond 1e-4 relative: ort {ort_rel}, torchvision {tv_rel}")

@@ -68,6 +68,24 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Inference with a trained model directory, as `kiln predict` runs it, on random input.
+    Predict {
+        /// The trained model directory.
+        #[arg(long)]
+        model: PathBuf,
+        /// Images per forward pass.
+        #[arg(long, default_value_t = 8)]
+        batch_size: usize,
+        /// Timed passes (after 2 warm-up ones).
+        #[arg(long, default_value_t = 10)]
+        iters: usize,
+        /// cpu, wgpu or cuda.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// The loader over an image folder: decode, training transform, batching.
     Data {
         /// An image folder (class sub-folders).
@@ -183,6 +201,48 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
             fp16,
             json,
         } => return allreduce(nproc, size_mb, iters, fp16, json),
+        BenchCommand::Predict {
+            model,
+            batch_size,
+            iters,
+            device,
+            json,
+        } => {
+            let device = device_by_name(&device)?;
+            let (net, info) = kiln_engine::model_dir::load(&model, &device)?;
+            let s = info.image_size as usize;
+            let x = Tensor::<4>::random(
+                [batch_size, 3, s, s],
+                Distribution::Normal(0.0, 1.0),
+                &device,
+            );
+            let mut times = Vec::new();
+            for i in 0..iters + 2 {
+                let t = Instant::now();
+                let _ = net.forward(x.clone()).into_data();
+                if i >= 2 {
+                    times.push(t.elapsed().as_secs_f64() * 1e3);
+                }
+            }
+            let ms = median(times.clone());
+            let ips = batch_size as f64 / ms * 1e3;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"engine": "kiln", "arch": info.arch, "batch_size": batch_size,
+                        "image_size": s, "median_ms": ms, "images_per_s": ips, "times_ms": times})
+                );
+            } else {
+                println!(
+                    "{:<14} {:>6} {:>6} {:>10} {:>10}",
+                    "arch", "batch", "px", "ms", "img/s"
+                );
+                println!(
+                    "{:<14} {:>6} {:>6} {:>10.1} {:>10.1}",
+                    info.arch, batch_size, s, ms, ips
+                );
+            }
+        }
         BenchCommand::Data {
             dir,
             image_size,
@@ -277,6 +337,7 @@ fn allreduce(nproc: usize, size_mb: f64, iters: usize, fp16: bool, json: bool) -
             times.push(t.elapsed().as_secs_f64() * 1e3);
         }
     }
+    ring.finish()?;
     if world.rank != 0 {
         return Ok(ExitCode::SUCCESS);
     }

@@ -139,6 +139,7 @@ fn worker_collectives() {
     }
     ring.barrier().expect("barrier");
     std::fs::write(dir.join(format!("rank{r}")), out).expect("write result");
+    ring.finish().expect("finish");
 }
 
 #[test]
@@ -267,6 +268,7 @@ fn worker_sgd_steps() {
     let half = BATCH / ring.world_size();
     let weights = train_steps(&mut ring, r * half..(r + 1) * half);
     std::fs::write(dir.join(format!("rank{r}")), to_bytes(&weights)).expect("write result");
+    ring.finish().expect("finish");
 }
 
 #[test]
@@ -297,4 +299,35 @@ fn two_ranks_of_batch_8_end_like_one_rank_of_batch_16() {
         .fold(0.0f32, f32::max);
     eprintln!("2 x 8 vs 1 x 16: worst relative difference {worst:e}, largest change {moved}");
     assert!(worst <= 1e-5, "2 x 8 differs from 1 x 16 by {worst}");
+}
+
+#[test]
+#[ignore = "a worker process of a_rank_that_fails_stops_the_others_with_its_error"]
+fn worker_one_rank_fails() {
+    let Some((dir, mut ring)) = join() else {
+        return;
+    };
+    let r = ring.rank();
+    if r == 1 {
+        ring.abort("out of disk space (a test)");
+        return;
+    }
+    let mut data = vec![1.0f32; 1000];
+    let err = ring
+        .allreduce(&mut data, ReduceOp::Sum)
+        .expect_err("the allreduce cannot complete without rank 1");
+    std::fs::write(dir.join(format!("rank{r}")), err.to_string()).expect("write result");
+}
+
+#[test]
+fn a_rank_that_fails_stops_the_others_with_its_error() {
+    let dir = tmp("abort");
+    run_workers(3, "worker_one_rank_fails", &dir);
+    for r in [0, 2] {
+        let err = std::fs::read_to_string(dir.join(format!("rank{r}"))).expect("result");
+        assert!(
+            err.contains("rank 1 on") && err.contains("out of disk space (a test)"),
+            "rank {r}: {err}"
+        );
+    }
 }

@@ -83,6 +83,15 @@ pub trait Transport: Send {
     fn barrier(&mut self) -> Result<(), EngineError> {
         self.all_gather(&[]).map(|_| ())
     }
+
+    /// Ends this rank's part cleanly, after a barrier: a transport dropped without it stops
+    /// the job on every rank.
+    fn finish(&mut self) -> Result<(), EngineError> {
+        Ok(())
+    }
+
+    /// Stops the job on every rank with `reason` (this rank failed on its own).
+    fn abort(&mut self, _reason: &str) {}
 }
 
 /// The transport of a job of one: every collective is the identity.

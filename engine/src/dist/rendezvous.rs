@@ -128,6 +128,11 @@ fn dist_error(message: String) -> EngineError {
 
 /// Joins the job `info` describes; returns once the ring is connected.
 pub fn join(info: &WorldInfo, warn: Warn) -> Result<Group, EngineError> {
+    if info.world_size < 2 {
+        return Err(dist_error(
+            "a job of one rank has no ring to join (use dist::Solo)".into(),
+        ));
+    }
     let deadline = Instant::now() + join_deadline(info);
     let health = Arc::new(Health::new(info.timeout, warn.clone()));
     let ring_listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0))
@@ -142,6 +147,8 @@ pub fn join(info: &WorldInfo, warn: Warn) -> Result<Group, EngineError> {
         let (members, ip) = join_rendezvous(info, ring_port, &health, deadline)?;
         (members, Some(ip))
     };
+    // Heartbeats start before the ring forms, so a slow ring connection is not a silent peer.
+    start_heartbeats(&health);
     let n = info.world_size;
     let next = (info.rank + 1) % n;
     let prev = (info.rank + n - 1) % n;
@@ -171,7 +178,6 @@ pub fn join(info: &WorldInfo, warn: Warn) -> Result<Group, EngineError> {
             ring.push(s.try_clone().map_err(|e| dist_error(e.to_string()))?);
         }
     }
-    start_heartbeats(&health);
     Ok(Group {
         rank: info.rank,
         world_size: n,

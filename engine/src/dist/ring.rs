@@ -32,6 +32,7 @@ pub struct RingAllReduce {
     chunk_bytes: usize,
     scratch: Vec<u8>,
     codec: Codec,
+    finished: bool,
 }
 
 impl RingAllReduce {
@@ -69,6 +70,7 @@ impl RingAllReduce {
             chunk_bytes: DEFAULT_CHUNK_BYTES,
             scratch: Vec::new(),
             codec: Codec::default(),
+            finished: false,
         }
     }
 
@@ -142,19 +144,24 @@ impl RingAllReduce {
         Ok(u64::from_le_bytes(word) as usize)
     }
 
-    /// Ends cleanly: flushes what is queued and tells rank 0 (or the workers) goodbye.
-    pub fn close(&mut self) {
+    fn flush(&mut self) {
         if let Some((tx, writer)) = self.sender.take() {
             drop(tx);
             let _ = writer.join();
         }
-        self.health.close();
     }
 }
 
 impl Drop for RingAllReduce {
+    /// Leaving without [`Transport::finish`] (an error or a panic on this rank) stops the job:
+    /// the others would otherwise wait for this rank's data for ever.
     fn drop(&mut self) {
-        self.close();
+        if !self.finished {
+            let me = format!("rank {} on {}", self.rank, self.hosts[self.rank]);
+            self.health
+                .fail(format!("{me} left the job before it ended"));
+        }
+        self.flush();
     }
 }
 
@@ -319,6 +326,20 @@ impl Transport for RingAllReduce {
             start = end;
         }
         Ok(())
+    }
+
+    fn finish(&mut self) -> Result<(), EngineError> {
+        self.barrier()?;
+        self.flush();
+        self.finished = true;
+        self.health.close();
+        Ok(())
+    }
+
+    fn abort(&mut self, reason: &str) {
+        let me = format!("rank {} on {}", self.rank, self.hosts[self.rank]);
+        self.health.fail(format!("{me} failed: {reason}"));
+        self.finished = true;
     }
 
     fn all_gather(&mut self, data: &[u8]) -> Result<Vec<Vec<u8>>, EngineError> {

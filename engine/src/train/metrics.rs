@@ -17,6 +17,10 @@ pub fn correct_top_k(logits: &[f32], labels: &[i64], classes: usize, k: usize) -
         .filter(|&(i, &label)| {
             let row = &logits[i * classes..(i + 1) * classes];
             let target = row[label as usize];
+            // NaN compares false with everything, which would rank a NaN target first.
+            if row.iter().any(|v| v.is_nan()) {
+                return false;
+            }
             let above = row
                 .iter()
                 .enumerate()
@@ -121,5 +125,12 @@ mod tests {
             0,
             "tie goes to the lower index"
         );
+    }
+
+    #[test]
+    fn nan_logits_are_never_correct() {
+        let logits = [f32::NAN, 0.5, 0.4, 0.9, f32::NAN, 0.0];
+        assert_eq!(correct_top_k(&logits, &[0, 0], 3, 1), 0);
+        assert_eq!(correct_top_k(&logits, &[1, 1], 3, 3), 0);
     }
 }

@@ -240,6 +240,18 @@ impl Trainer {
     /// Trains, validates every epoch, stops early or after `epochs`, restores the best
     /// epoch's weights and writes the model directory.
     pub fn fit(mut self) -> Result<TrainSummary, EngineError> {
+        let result = self.run();
+        if let Some(t) = self.dist.as_deref_mut() {
+            match &result {
+                Ok(_) => t.finish()?,
+                // The other ranks stop with this rank's error instead of waiting for it.
+                Err(e) => t.abort(&e.to_string()),
+            }
+        }
+        result
+    }
+
+    fn run(&mut self) -> Result<TrainSummary, EngineError> {
         let c = self.config.clone();
         let arch: Arch = c.arch.parse()?;
         let (train_set, val_set) = self.folders()?;
@@ -592,10 +604,6 @@ impl Trainer {
             };
             model_dir::save(&model_path, &model.valid(), &info)?;
             crate::train::curves::draw(&outputs.join("curves.png"), &state.history)?;
-        }
-        if let Some(t) = self.dist.as_deref_mut() {
-            // Nobody reports success before rank 0 has written the model.
-            t.barrier()?;
         }
         let why = match stop_reason {
             StopReason::EarlyStopping => format!(
