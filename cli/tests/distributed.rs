@@ -329,3 +329,70 @@ fn a_stalled_worker_stops_the_job_after_the_timeout() {
         assert!(!alive(pid), "rank {rank} (pid {pid}) outlived the job");
     }
 }
+
+#[test]
+fn two_launchers_form_one_job_as_two_nodes() {
+    let out = tmp("nodes");
+    let outputs = out.join("outputs");
+    let port = free_port().to_string();
+    let launch = |node: &str| {
+        let mut args = train_args(&outputs, "1", "4");
+        args.extend(
+            [
+                "--nproc-per-node",
+                "1",
+                "--nnodes",
+                "2",
+                "--node-rank",
+                node,
+                "--master-addr",
+                "127.0.0.1",
+                "--master-port",
+                &port,
+            ]
+            .map(String::from),
+        );
+        Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(&args)
+            .current_dir(ROOT)
+            .env("KILN_JOB_TOKEN", "two-nodes-token")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("kiln starts")
+    };
+    let (node0, node1) = (launch("0"), launch("1"));
+    let (o0, o1) = (
+        node0.wait_with_output().expect("node 0"),
+        node1.wait_with_output().expect("node 1"),
+    );
+    let all = format!(
+        "{}\n{}\n{}\n{}",
+        text(&o0.stdout),
+        text(&o0.stderr),
+        text(&o1.stdout),
+        text(&o1.stderr)
+    );
+    assert!(o0.status.success() && o1.status.success(), "{all}");
+    assert!(text(&o0.stdout).contains("[rank 0] epoch 1/1"), "{all}");
+    assert!(
+        text(&o1.stderr).is_empty() || !text(&o1.stderr).contains("error"),
+        "{all}"
+    );
+    assert!(outputs.join("model/model.safetensors").is_file(), "{all}");
+    // Without a shared token a multi-node launcher refuses to start.
+    let mut args = train_args(&outputs, "1", "1");
+    args.extend(["--nproc-per-node", "1", "--nnodes", "2"].map(String::from));
+    let o = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(&args)
+        .current_dir(ROOT)
+        .env_remove("KILN_JOB_TOKEN")
+        .output()
+        .expect("kiln runs");
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr).contains("KILN_JOB_TOKEN"),
+        "{}",
+        text(&o.stderr)
+    );
+}
