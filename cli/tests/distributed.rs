@@ -375,10 +375,6 @@ fn two_launchers_form_one_job_as_two_nodes() {
     );
     assert!(o0.status.success() && o1.status.success(), "{all}");
     assert!(text(&o0.stdout).contains("[rank 0] epoch 1/1"), "{all}");
-    assert!(
-        text(&o1.stderr).is_empty() || !text(&o1.stderr).contains("error"),
-        "{all}"
-    );
     assert!(outputs.join("model/model.safetensors").is_file(), "{all}");
     // Without a shared token a multi-node launcher refuses to start.
     let mut args = train_args(&outputs, "1", "1");
