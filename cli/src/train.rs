@@ -262,8 +262,8 @@ fn worker_args() -> Vec<OsString> {
 /// the environment says so (kiln's launcher, torchrun-style variables, mpirun, srun).
 pub fn run(args: TrainArgs) -> Result<ExitCode> {
     let timeout = match args.dist_timeout {
-        Some(t) if t > 0.0 && t.is_finite() => Some(Duration::from_secs_f64(t)),
-        Some(t) => bail!("--dist-timeout {t}: expected seconds, more than 0"),
+        Some(t) if t > 0.0 && t <= 86_400.0 => Some(Duration::from_secs_f64(t)),
+        Some(t) => bail!("--dist-timeout {t}: expected seconds, more than 0 and at most a day"),
         None => None,
     };
     if let Some(nproc) = args

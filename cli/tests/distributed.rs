@@ -376,9 +376,22 @@ fn two_launchers_form_one_job_as_two_nodes() {
     assert!(o0.status.success() && o1.status.success(), "{all}");
     assert!(text(&o0.stdout).contains("[rank 0] epoch 1/1"), "{all}");
     assert!(outputs.join("model/model.safetensors").is_file(), "{all}");
-    // Without a shared token a multi-node launcher refuses to start.
+    // Without rank 0's address, or without a shared token, a multi-node launcher refuses.
     let mut args = train_args(&outputs, "1", "1");
     args.extend(["--nproc-per-node", "1", "--nnodes", "2"].map(String::from));
+    let o = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(&args)
+        .current_dir(ROOT)
+        .env("KILN_JOB_TOKEN", "t")
+        .output()
+        .expect("kiln runs");
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr).contains("--master-addr"),
+        "{}",
+        text(&o.stderr)
+    );
+    args.extend(["--master-addr", "127.0.0.1"].map(String::from));
     let o = Command::new(env!("CARGO_BIN_EXE_kiln"))
         .args(&args)
         .current_dir(ROOT)

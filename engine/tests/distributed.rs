@@ -48,7 +48,7 @@ fn run_workers(n: usize, worker: &str, dir: &Path) {
                 .env(WORKER_DIR, dir)
                 .env("RANK", rank.to_string())
                 .env("WORLD_SIZE", n.to_string())
-                .env("MASTER_ADDR", "127.0.0.1")
+                .env("MASTER_ADDR", "localhost")
                 .env("MASTER_PORT", &port)
                 .env("KILN_JOB_TOKEN", "test-token")
                 .env("KILN_DIST_TIMEOUT", "20")

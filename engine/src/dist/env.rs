@@ -139,7 +139,14 @@ impl WorldInfo {
                     value: format!("KILN_DIST_TIMEOUT={secs}"),
                     expected: "seconds, more than 0".into(),
                 })?;
-            info.timeout = Duration::from_secs_f64(secs);
+            info.timeout = Duration::try_from_secs_f64(secs)
+                .ok()
+                .filter(|d| *d <= Duration::from_secs(24 * 3600))
+                .ok_or_else(|| EngineError::BadOption {
+                    option: "environment",
+                    value: format!("KILN_DIST_TIMEOUT={secs}"),
+                    expected: "seconds, at most a day".into(),
+                })?;
         }
         // mpirun and srun start every worker with the same job id, which serves as the
         // token when the user set none; kiln's launcher always sets one.

@@ -151,6 +151,13 @@ pub fn launch(config: &LaunchConfig) -> Result<LaunchOutcome, EngineError> {
         });
     }
     let multi_node = config.nnodes > 1;
+    if multi_node && config.master_addr.is_none() {
+        return Err(EngineError::BadOption {
+            option: "master_addr",
+            value: "unset".into(),
+            expected: "rank 0's host name or address (--master-addr) for a multi-node job".into(),
+        });
+    }
     let token = match std::env::var("KILN_JOB_TOKEN") {
         Ok(t) if !t.is_empty() => t,
         _ if multi_node => {

@@ -74,7 +74,7 @@ impl Health {
             }
             *failure = Some(reason.clone());
         }
-        self.send_all(&Frame::Abort(reason));
+        // Cut the ring first: telling the peers may wait on one that stopped reading.
         for s in self
             .ring
             .lock()
@@ -83,6 +83,7 @@ impl Health {
         {
             let _ = s.shutdown(std::net::Shutdown::Both);
         }
+        self.send_all(&Frame::Abort(reason));
     }
 
     /// Marks a clean end: peers closing from now on are not failures.
@@ -119,7 +120,9 @@ impl Health {
 
 /// How long ranks wait for each other to start.
 fn join_deadline(info: &WorldInfo) -> Duration {
-    (info.timeout * 4).max(Duration::from_secs(60))
+    info.timeout
+        .saturating_mul(4)
+        .clamp(Duration::from_secs(60), Duration::from_secs(24 * 3600))
 }
 
 fn dist_error(message: String) -> EngineError {
@@ -153,12 +156,16 @@ pub fn join(info: &WorldInfo, warn: Warn) -> Result<Group, EngineError> {
     let next = (info.rank + 1) % n;
     let prev = (info.rank + n - 1) % n;
     let next_addr = match (&members[next].ring_addr, master_ip) {
-        // Rank 0 is reached at the address the control channel already uses.
-        (addr, Some(ip)) if addr.starts_with(':') => format!("{ip}{addr}"),
+        // ":port" is on rank 0's host, reached at the address the control channel uses.
+        (addr, Some(ip)) if addr.starts_with(':') => {
+            SocketAddr::new(ip, addr[1..].parse().unwrap_or(0)).to_string()
+        }
+        (addr, None) if addr.starts_with(':') => format!("127.0.0.1{addr}"),
         (addr, _) => addr.clone(),
     };
-    let mut next_stream = connect_until(&next_addr, deadline)
-        .map_err(|e| dist_error(format!("cannot reach rank {next} at {next_addr}: {e}")))?;
+    let mut next_stream = connect_until(&next_addr, deadline, Some(&health))
+        .map_err(|e| dist_error(format!("cannot reach rank {next} at {next_addr}: {e}")))
+        .inspect_err(|e| health.fail(e.to_string()))?;
     Hello {
         token: info.token.clone(),
         rank: info.rank as u32,
@@ -167,8 +174,10 @@ pub fn join(info: &WorldInfo, warn: Warn) -> Result<Group, EngineError> {
         ring_port,
     }
     .write(&mut next_stream)
-    .map_err(|e| dist_error(format!("rank {next} at {next_addr}: {e}")))?;
-    let prev_stream = accept_ring(&ring_listener, info, prev, &warn, deadline)?;
+    .map_err(|e| dist_error(format!("rank {next} at {next_addr}: {e}")))
+    .inspect_err(|e| health.fail(e.to_string()))?;
+    let prev_stream = accept_ring(&ring_listener, info, prev, &warn, &health, deadline)
+        .inspect_err(|e| health.fail(e.to_string()))?;
     for s in [&next_stream, &prev_stream] {
         let _ = s.set_nodelay(true);
     }
@@ -188,14 +197,29 @@ pub fn join(info: &WorldInfo, warn: Warn) -> Result<Group, EngineError> {
     })
 }
 
-fn connect_until(addr: &str, deadline: Instant) -> std::io::Result<TcpStream> {
+/// Connects to `addr`, trying each address it resolves to (IPv4 first: kiln listens on IPv4),
+/// until `deadline` or until the job fails.
+fn connect_until(
+    addr: &str,
+    deadline: Instant,
+    health: Option<&Health>,
+) -> std::io::Result<TcpStream> {
     loop {
-        let attempt = addr.to_socket_addrs().and_then(|mut addrs| {
-            let a = addrs
-                .next()
-                .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address"))?;
-            TcpStream::connect_timeout(&a, Duration::from_secs(2))
+        let attempt = addr.to_socket_addrs().and_then(|addrs| {
+            let mut addrs: Vec<SocketAddr> = addrs.collect();
+            addrs.sort_by_key(|a| !a.is_ipv4());
+            let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no address");
+            for a in addrs {
+                match TcpStream::connect_timeout(&a, Duration::from_secs(2)) {
+                    Ok(s) => return Ok(s),
+                    Err(e) => last = e,
+                }
+            }
+            Err(last)
         });
+        if let Some(reason) = health.and_then(Health::failure) {
+            return Err(std::io::Error::other(reason));
+        }
         match attempt {
             Ok(s) => return Ok(s),
             Err(e) if Instant::now() >= deadline => return Err(e),
@@ -280,9 +304,16 @@ fn host_rendezvous(
             Ok((hello, stream, addr)) => {
                 let rank = hello.rank as usize;
                 let ip: IpAddr = addr.ip();
+                // A worker on rank 0's own host may have come over loopback; the others reach
+                // it at rank 0's address (":port").
+                let ring_addr = if ip.is_loopback() {
+                    format!(":{}", hello.ring_port)
+                } else {
+                    SocketAddr::new(ip, hello.ring_port).to_string()
+                };
                 members[rank] = Member {
                     host: hello.host,
-                    ring_addr: SocketAddr::new(ip, hello.ring_port).to_string(),
+                    ring_addr,
                 };
                 controls[rank] = Some(stream);
                 missing -= 1;
@@ -315,7 +346,7 @@ fn join_rendezvous(
     deadline: Instant,
 ) -> Result<(Vec<Member>, IpAddr), EngineError> {
     let master = format!("{}:{}", info.master_addr, info.master_port);
-    let mut stream = connect_until(&master, deadline).map_err(|e| {
+    let mut stream = connect_until(&master, deadline, None).map_err(|e| {
         dist_error(format!(
             "cannot reach rank 0 at {master} (MASTER_ADDR:MASTER_PORT): {e}"
         ))
@@ -354,6 +385,7 @@ fn accept_ring(
     info: &WorldInfo,
     prev: usize,
     warn: &Warn,
+    health: &Health,
     deadline: Instant,
 ) -> Result<TcpStream, EngineError> {
     listener
@@ -382,6 +414,9 @@ fn accept_ring(
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if let Some(reason) = health.failure() {
+                    return Err(dist_error(reason));
+                }
                 if Instant::now() >= deadline {
                     return Err(dist_error(format!(
                         "rank {prev} did not connect to rank {} within {}s",

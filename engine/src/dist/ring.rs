@@ -6,7 +6,7 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::mpsc::{Receiver, Sender, channel, sync_channel};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -44,7 +44,8 @@ impl RingAllReduce {
     /// The collectives over an already formed group.
     pub fn from_group(group: Group) -> Self {
         let (tx, rx) = channel::<Vec<u8>>();
-        let (spent_tx, spent) = channel::<Vec<u8>>();
+        // A few buffers are enough to keep the pipeline fed; the rest are freed.
+        let (spent_tx, spent) = sync_channel::<Vec<u8>>(8);
         let mut next = group.next;
         let health = group.health.clone();
         let next_rank = (group.rank + 1) % group.world_size;
@@ -55,7 +56,7 @@ impl RingAllReduce {
                     health.fail(format!("lost rank {next_rank} on {next_host}: {e}"));
                     return;
                 }
-                let _ = spent_tx.send(buf);
+                let _ = spent_tx.try_send(buf);
             }
             let _ = next.flush();
         });

@@ -408,6 +408,23 @@ impl Trainer {
             }
             state = replicas::broadcast_value(t, state)?;
             replicas::check_same(t, "trainable parameter layout", &buckets.layout(&model))?;
+            // Ranks that disagree on these would call different numbers of collectives.
+            let plan = [
+                train_set.len(),
+                val_set.len(),
+                classes.len(),
+                image_size as usize,
+                steps_per_epoch,
+            ];
+            let plan: Vec<u8> = plan
+                .iter()
+                .flat_map(|v| (*v as u64).to_le_bytes())
+                .collect();
+            replicas::check_same(
+                t,
+                "dataset sizes, classes, image size or steps per epoch",
+                &plan,
+            )?;
         }
         let mut metrics = if self.rank == 0 {
             Some(MetricsLog::open(
@@ -443,9 +460,16 @@ impl Trainer {
                 skipped += batch.skipped.len();
                 lr = schedule.lr(epoch, step);
                 if batch.is_empty() {
-                    // Every rank must take part in every step's allreduce: this one adds zeros.
-                    if let Some(t) = self.dist.as_deref_mut() {
-                        let grads = buckets.average(t, &model, GradientsParams::new())?;
+                    // Every rank takes part in every step's collectives (the allreduce, a
+                    // hook's): a batch whose images all failed to decode contributes zeros.
+                    if self.dist.is_some() || self.hook.is_some() {
+                        let mut grads = GradientsParams::new();
+                        if let Some(t) = self.dist.as_deref_mut() {
+                            grads = buckets.average(t, &model, grads)?;
+                        }
+                        if let Some(hook) = &mut self.hook {
+                            grads = hook.on_gradients(&model, grads)?;
+                        }
                         model = sgd.step(model, grads, lr, lr * head_ratio);
                         state.global_step += 1;
                     }
