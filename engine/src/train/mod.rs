@@ -8,6 +8,7 @@ pub mod early_stopping;
 pub mod loss;
 pub mod metrics;
 pub mod progress;
+pub mod replication;
 pub mod schedule;
 pub mod sgd;
 pub mod trainer;

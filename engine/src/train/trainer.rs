@@ -23,6 +23,7 @@ use crate::train::early_stopping::{EarlyStopping, Verdict};
 use crate::train::loss::{cross_entropy, cross_entropy_sum};
 use crate::train::metrics::{MetricsLog, correct_top_k};
 use crate::train::progress::Progress;
+use crate::train::replication;
 use crate::train::schedule::LrSchedule;
 use crate::train::sgd::{Sgd, SgdConfig};
 
@@ -251,6 +252,22 @@ impl Trainer {
         result
     }
 
+    /// One step's gradients after the collectives: averaged across ranks, then the hook.
+    fn shared_gradients(
+        &mut self,
+        model: &Model,
+        mut grads: GradientsParams,
+        buckets: &GradientBuckets,
+    ) -> Result<GradientsParams, EngineError> {
+        if let Some(t) = self.dist.as_deref_mut() {
+            grads = buckets.average(t, model, grads)?;
+        }
+        match &mut self.hook {
+            Some(hook) => hook.on_gradients(model, grads),
+            None => Ok(grads),
+        }
+    }
+
     fn run(&mut self) -> Result<TrainSummary, EngineError> {
         let c = self.config.clone();
         let arch: Arch = c.arch.parse()?;
@@ -390,40 +407,16 @@ impl Trainer {
             },
         };
         if let Some(t) = self.dist.as_deref_mut() {
-            let root = t.rank() == 0;
-            let weights = replicas::broadcast_tensors(t, torchvision::state_dict(&model))?;
-            if !root {
-                let from = Path::new("rank 0's broadcast");
-                model = torchvision::load_state_dict(
-                    model,
-                    weights,
-                    arch,
-                    from,
-                    LoadOptions::default(),
-                )?;
-            }
-            let momentum = replicas::broadcast_tensors(t, sgd.state())?;
-            if !root {
-                sgd.load_state(momentum, &device.clone().inner());
-            }
-            state = replicas::broadcast_value(t, state)?;
-            replicas::check_same(t, "trainable parameter layout", &buckets.layout(&model))?;
-            // Ranks that disagree on these would call different numbers of collectives.
-            let plan = [
-                train_set.len(),
-                val_set.len(),
-                classes.len(),
-                image_size as usize,
+            let plan = replication::Plan {
+                train_len: train_set.len(),
+                val_len: val_set.len(),
+                classes: classes.len(),
+                image_size: image_size as usize,
                 steps_per_epoch,
-            ];
-            let plan: Vec<u8> = plan
-                .iter()
-                .flat_map(|v| (*v as u64).to_le_bytes())
-                .collect();
-            replicas::check_same(
-                t,
-                "dataset sizes, classes, image size or steps per epoch",
-                &plan,
+            };
+            let inner = device.clone().inner();
+            (model, state) = replication::start_from_rank_0(
+                t, model, arch, &mut sgd, state, &inner, &buckets, &plan,
             )?;
         }
         let mut metrics = if self.rank == 0 {
@@ -463,13 +456,8 @@ impl Trainer {
                     // Every rank takes part in every step's collectives (the allreduce, a
                     // hook's): a batch whose images all failed to decode contributes zeros.
                     if self.dist.is_some() || self.hook.is_some() {
-                        let mut grads = GradientsParams::new();
-                        if let Some(t) = self.dist.as_deref_mut() {
-                            grads = buckets.average(t, &model, grads)?;
-                        }
-                        if let Some(hook) = &mut self.hook {
-                            grads = hook.on_gradients(&model, grads)?;
-                        }
+                        let grads =
+                            self.shared_gradients(&model, GradientsParams::new(), &buckets)?;
                         model = sgd.step(model, grads, lr, lr * head_ratio);
                         state.global_step += 1;
                     }
@@ -479,14 +467,8 @@ impl Trainer {
                 let logits = model.forward(x);
                 let loss = cross_entropy(logits.clone(), y);
                 let loss_value: f32 = loss.clone().into_scalar();
-                let mut grads = GradientsParams::from_grads(loss.backward(), &model);
-                if let Some(t) = self.dist.as_deref_mut() {
-                    grads = buckets.average(t, &model, grads)?;
-                }
-                let grads = match &mut self.hook {
-                    Some(hook) => hook.on_gradients(&model, grads)?,
-                    None => grads,
-                };
+                let grads = GradientsParams::from_grads(loss.backward(), &model);
+                let grads = self.shared_gradients(&model, grads, &buckets)?;
                 model = sgd.step(model, grads, lr, lr * head_ratio);
                 let logits = logits.into_data().try_to_vec::<f32>().unwrap_or_default();
                 correct += correct_top_k(&logits, &batch.labels, classes.len(), 1);
