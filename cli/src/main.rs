@@ -4,7 +4,13 @@
 mod bench;
 mod data;
 mod export;
+mod launch;
+mod log_metric;
+mod models;
 mod predict;
+mod runs;
+mod submit;
+mod table;
 mod train;
 
 use std::process::ExitCode;
@@ -29,6 +35,17 @@ enum Command {
     Predict(predict::PredictArgs),
     /// Export a trained model (ONNX).
     Export(export::ExportArgs),
+    /// Run a job file as a tracked run (snapshot, logs, metrics, status).
+    Submit(submit::SubmitArgs),
+    /// The run history: list, show, metrics, logs, download, cancel.
+    Runs(runs::RunsArgs),
+    /// The model registry: register, list, download.
+    Models(models::ModelsArgs),
+    /// Record a metric into the current run (for scripts run by `kiln submit`).
+    LogMetric(log_metric::LogMetricArgs),
+    /// Start N local workers of any program with the distributed environment set.
+    #[command(hide = true)]
+    Launch(launch::LaunchArgs),
     /// Import datasets into image folders.
     Data(data::DataArgs),
     /// Benchmarks: training steps, the data loader.
@@ -41,6 +58,11 @@ fn main() -> ExitCode {
         Command::Train(args) => train::run(args),
         Command::Predict(args) => predict::run(args),
         Command::Export(args) => export::run(args),
+        Command::Submit(args) => submit::run(args),
+        Command::Runs(args) => runs::run(args),
+        Command::Models(args) => models::run(args),
+        Command::LogMetric(args) => log_metric::run(args),
+        Command::Launch(args) => launch::run(args),
         Command::Data(args) => data::run(args),
         Command::Bench(args) => bench::run(args),
     };

@@ -137,30 +137,10 @@ pub struct TrainArgs {
     fp16_allreduce: bool,
 }
 
-/// The job file's `[train]` table, read with the same names as the flags (snake_case).
-fn job_train_table(path: &PathBuf) -> Result<TrainConfig> {
-    #[derive(serde::Deserialize)]
-    struct Job {
-        #[serde(default)]
-        train: Option<toml::Value>,
-    }
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let job: Job =
-        toml::from_str(&text).with_context(|| format!("{} is not valid TOML", path.display()))?;
-    let table = job.train.unwrap_or(toml::Value::Table(Default::default()));
-    let config: TrainConfig = table
-        .try_into()
-        .with_context(|| format!("{}: bad [train] table", path.display()))?;
-    let base = path.parent().map(PathBuf::from).unwrap_or_default();
-    let rel = |p: Option<PathBuf>| p.map(|p| if p.is_relative() { base.join(p) } else { p });
-    Ok(TrainConfig {
-        data: rel(config.data.clone()),
-        train: rel(config.train.clone()),
-        val: rel(config.val.clone()),
-        pretrained: rel(config.pretrained.clone()),
-        ..config
-    })
+/// The job file's `[train]` table, validated as `kiln submit` validates it, paths made
+/// relative to the job file.
+fn job_train_table(path: &std::path::Path) -> Result<TrainConfig> {
+    Ok(kiln_engine::job::JobSpec::load(path)?.train)
 }
 
 /// Merges flags over the job file (or the defaults).

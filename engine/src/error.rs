@@ -51,6 +51,19 @@ pub enum EngineError {
         /// The error.
         source: std::io::Error,
     },
+    /// A job file with a bad key or value.
+    #[error("{file}:{line}: {message}")]
+    InvalidJob {
+        /// The job file.
+        file: String,
+        /// The 1-based line of the key at fault.
+        line: usize,
+        /// What was wrong and what was expected.
+        message: String,
+    },
+    /// The run history, the run directory or the model registry.
+    #[error("{0}")]
+    Runs(String),
     /// A distributed job that lost a rank, could not form, or was refused.
     #[error("distributed training failed: {0}")]
     Distributed(String),

@@ -8,14 +8,17 @@
 //!   `kiln.json`).
 //! - [`dist`] is data-parallel training: environment, rendezvous, the ring allreduce,
 //!   gradient buckets, the local launcher.
+//! - [`job`] reads and validates estimator job files.
+//! - [`runs`] is the run directory, the run history (SQLite), submission and the model
+//!   registry.
 //! - [`error`] holds [`EngineError`].
-//!
-//! The run history (`runs`) and job files (`job`) arrive with their issues.
 
 pub mod data;
 pub mod dist;
 pub mod error;
+pub mod job;
 pub mod model_dir;
+pub mod runs;
 pub mod train;
 
 pub use error::EngineError;

@@ -71,6 +71,92 @@ pub fn draw(path: &Path, history: &[EpochMetrics]) -> Result<(), EngineError> {
         .map_err(|e| EngineError::io(path, std::io::Error::other(e)))
 }
 
+/// One curve of [`draw_metrics`]: a metric's name, its split (`train`, `val` or none) and
+/// `(x, y)` points.
+pub struct Series {
+    /// The metric's name; one panel per name.
+    pub name: String,
+    /// The split; one colour per split.
+    pub split: String,
+    /// Points in order.
+    pub points: Vec<(f64, f64)>,
+}
+
+/// Draws any run's metrics into a PNG: one panel per metric name (two columns), each scaled
+/// to its own range, training in blue, validation in orange, other splits in green.
+pub fn draw_metrics(path: &Path, series: &[Series]) -> Result<(), EngineError> {
+    let mut names: Vec<&str> = series.iter().map(|s| s.name.as_str()).collect();
+    names.dedup();
+    names.sort_unstable();
+    names.dedup();
+    let rows = names.len().div_ceil(2).max(1) as u32;
+    let mut img = RgbImage::from_pixel(2 * W, rows * H, Rgb([255, 255, 255]));
+    for (i, name) in names.iter().enumerate() {
+        let (x0, y0) = ((i as u32 % 2) * W, (i as u32 / 2) * H);
+        let curves: Vec<&Series> = series.iter().filter(|s| s.name == *name).collect();
+        let finite = curves
+            .iter()
+            .flat_map(|s| s.points.iter())
+            .filter(|p| p.0.is_finite() && p.1.is_finite());
+        let (mut x_lo, mut x_hi, mut y_lo, mut y_hi) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+        for &(x, y) in finite {
+            (x_lo, x_hi, y_lo, y_hi) = (x_lo.min(x), x_hi.max(x), y_lo.min(y), y_hi.max(y));
+        }
+        if x_lo > x_hi {
+            continue;
+        }
+        let (x_span, y_span) = ((x_hi - x_lo).max(1e-12), (y_hi - y_lo).max(1e-12));
+        for g in 0..=10 {
+            let y = y0 + MARGIN + (H - 2 * MARGIN) * g / 10;
+            line(&mut img, (x0 + MARGIN, y), (x0 + W - MARGIN, y), GRID);
+        }
+        line(
+            &mut img,
+            (x0 + MARGIN, y0 + MARGIN),
+            (x0 + MARGIN, y0 + H - MARGIN),
+            AXIS,
+        );
+        line(
+            &mut img,
+            (x0 + MARGIN, y0 + H - MARGIN),
+            (x0 + W - MARGIN, y0 + H - MARGIN),
+            AXIS,
+        );
+        let at = |(x, y): (f64, f64)| {
+            let fx = (x - x_lo) / x_span;
+            let fy = (y - y_lo) / y_span;
+            (
+                x0 + MARGIN + ((W - 2 * MARGIN) as f64 * fx) as u32,
+                y0 + H - MARGIN - ((H - 2 * MARGIN) as f64 * fy) as u32,
+            )
+        };
+        for s in curves {
+            let color = match s.split.as_str() {
+                "train" => TRAIN,
+                "val" => VAL,
+                _ => Rgb([44, 160, 44]),
+            };
+            let points: Vec<(f64, f64)> = s
+                .points
+                .iter()
+                .copied()
+                .filter(|p| p.0.is_finite() && p.1.is_finite())
+                .collect();
+            for pair in points.windows(2) {
+                line(&mut img, at(pair[0]), at(pair[1]), color);
+            }
+            if points.len() <= 100 {
+                for &p in &points {
+                    let (x, y) = at(p);
+                    dot(&mut img, x, y, color);
+                }
+            }
+        }
+    }
+    img.save(path)
+        .map_err(|e| EngineError::io(path, std::io::Error::other(e)))
+}
+
 fn line(img: &mut RgbImage, (x0, y0): (u32, u32), (x1, y1): (u32, u32), color: Rgb<u8>) {
     let steps = x0.abs_diff(x1).max(y0.abs_diff(y1)).max(1);
     for s in 0..=steps {

@@ -1,0 +1,341 @@
+//! `kiln runs list | show | metrics | logs | download | cancel`: the run history, as tables or
+//! `--json`. Every command first marks runs whose `kiln submit` was killed as lost.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use clap::{Args, Subcommand};
+use kiln_engine::runs::command::RunPaths;
+use kiln_engine::runs::registry::inside;
+use kiln_engine::runs::{self, RunHistory, RunRecord, submit};
+use kiln_engine::train::curves::{Series, draw_metrics};
+
+use crate::table;
+
+/// Arguments of `kiln runs`.
+#[derive(Args, Debug)]
+pub struct RunsArgs {
+    #[command(subcommand)]
+    command: RunsCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum RunsCommand {
+    /// Runs, newest first.
+    List {
+        /// Only this experiment's runs.
+        #[arg(long)]
+        experiment: Option<String>,
+        /// JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One run: status, times, exit code, command, git state, last metrics, artifacts.
+    Show {
+        /// Run id (or a unique prefix).
+        run: String,
+        /// JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every metric value a run recorded.
+    Metrics {
+        /// Run id (or a unique prefix).
+        run: String,
+        /// JSON lines for scripts.
+        #[arg(long)]
+        json: bool,
+        /// Draw the curves into a PNG.
+        #[arg(long)]
+        plot: Option<PathBuf>,
+    },
+    /// The run's output (stdout and stderr).
+    Logs {
+        /// Run id (or a unique prefix).
+        run: String,
+        /// Keep printing until the run ends.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Copy a file or directory out of a run (e.g. `outputs/model`).
+    Download {
+        /// Run id (or a unique prefix).
+        run: String,
+        /// Path inside the run directory.
+        path: String,
+        /// Where to put it.
+        dest: PathBuf,
+    },
+    /// Stop a run and its processes.
+    Cancel {
+        /// Run id (or a unique prefix).
+        run: String,
+    },
+}
+
+/// Runs `kiln runs ...`.
+pub fn run(args: RunsArgs) -> Result<ExitCode> {
+    let history = RunHistory::open(&runs::kiln_home())?;
+    history.reap_lost()?;
+    match args.command {
+        RunsCommand::List { experiment, json } => list(&history, experiment.as_deref(), json),
+        RunsCommand::Show { run, json } => show(&history, &run, json),
+        RunsCommand::Metrics { run, json, plot } => metrics(&history, &run, json, plot),
+        RunsCommand::Logs { run, follow } => logs(&history, &run, follow),
+        RunsCommand::Download { run, path, dest } => download(&history, &run, &path, &dest),
+        RunsCommand::Cancel { run } => {
+            let status = submit::cancel(&history, &run)?;
+            println!("run {}: {status}", history.resolve(&run)?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn last_metrics_text(run: &RunRecord) -> String {
+    run.last_metrics
+        .iter()
+        .filter(|(k, _)| !k.ends_with("epoch_time_s") && !k.ends_with("images_per_s"))
+        .take(4)
+        .map(|(k, v)| format!("{k}={v:.4}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn list(history: &RunHistory, experiment: Option<&str>, json: bool) -> Result<ExitCode> {
+    let runs = history.runs(experiment)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&runs)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if runs.is_empty() {
+        println!("no runs yet (kiln submit JOB.toml starts one)");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<Vec<String>> = runs
+        .iter()
+        .map(|r| {
+            vec![
+                r.id.clone(),
+                r.name.clone(),
+                r.experiment.clone(),
+                r.status.to_string(),
+                table::timestamp(r.started.unwrap_or(r.created)),
+                r.duration.map_or("-".into(), table::duration),
+                r.exit_code.map_or("-".into(), |c| c.to_string()),
+                last_metrics_text(r),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table::render(
+            &[
+                "id",
+                "name",
+                "experiment",
+                "status",
+                "start (UTC)",
+                "duration",
+                "exit",
+                "last metrics"
+            ],
+            &rows
+        )
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn show(history: &RunHistory, run: &str, json: bool) -> Result<ExitCode> {
+    let r = history.run(run)?;
+    let artifacts = history.artifacts(&r.id)?;
+    if json {
+        let mut value = serde_json::to_value(&r)?;
+        value["artifacts"] = serde_json::to_value(&artifacts)?;
+        value["directory"] = runs::run_dir(history.home(), &r.id)
+            .to_string_lossy()
+            .into();
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+    println!("id           {}", r.id);
+    println!("name         {}", r.name);
+    println!("experiment   {}", r.experiment);
+    println!("status       {}", r.status);
+    if let Some(e) = &r.error {
+        println!("error        {e}");
+    }
+    println!("created      {}", table::timestamp(r.created));
+    println!("started      {}", opt(r.started.map(table::timestamp)));
+    println!("ended        {}", opt(r.ended.map(table::timestamp)));
+    println!("duration     {}", opt(r.duration.map(table::duration)));
+    println!("exit code    {}", opt(r.exit_code.map(|c| c.to_string())));
+    println!("compute      {} on {}", r.compute_target, r.host);
+    println!("command      {}", opt(r.command.clone()));
+    if let Some(id) = &r.scheduler_id {
+        println!("slurm job    {id}");
+    }
+    if let Some(commit) = &r.git_commit {
+        let dirty = if r.git_dirty == Some(true) {
+            " (dirty)"
+        } else {
+            ""
+        };
+        println!("git          {commit}{dirty}");
+    }
+    println!(
+        "directory    {}",
+        runs::run_dir(history.home(), &r.id).display()
+    );
+    if !r.last_metrics.is_empty() {
+        println!("last metrics");
+        for (k, v) in &r.last_metrics {
+            println!("  {k:<24} {v}");
+        }
+    }
+    if !artifacts.is_empty() {
+        println!("artifacts");
+        for (path, size) in &artifacts {
+            println!(
+                "  {path:<40} {}",
+                kiln_engine::runs::snapshot::human_bytes(*size)
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn metrics(history: &RunHistory, run: &str, json: bool, plot: Option<PathBuf>) -> Result<ExitCode> {
+    let id = history.resolve(run)?;
+    let values = history.metrics(&id)?;
+    if let Some(path) = plot {
+        let mut series: BTreeMap<(String, String), Vec<(f64, f64)>> = BTreeMap::new();
+        for (i, m) in values.iter().enumerate() {
+            let x = m.epoch.or(m.step).map_or(i as f64, |v| v as f64);
+            series
+                .entry((m.name.clone(), m.split.clone().unwrap_or_default()))
+                .or_default()
+                .push((x, m.value.unwrap_or(f64::NAN)));
+        }
+        let series: Vec<Series> = series
+            .into_iter()
+            .map(|((name, split), points)| Series {
+                name,
+                split,
+                points,
+            })
+            .collect();
+        draw_metrics(&path, &series)?;
+        println!(
+            "{} curves of run {id} drawn in {}",
+            series.len(),
+            path.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    if json {
+        let mut out = std::io::stdout().lock();
+        for m in &values {
+            writeln!(out, "{}", serde_json::to_string(m)?)?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let cell = |v: Option<i64>| v.map_or("-".into(), |v| v.to_string());
+    let rows: Vec<Vec<String>> = values
+        .iter()
+        .map(|m| {
+            vec![
+                cell(m.rank),
+                cell(m.epoch),
+                cell(m.step),
+                m.split
+                    .clone()
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or("-".into()),
+                m.name.clone(),
+                m.value.map_or("nan".into(), |v| format!("{v}")),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table::render(&["rank", "epoch", "step", "split", "name", "value"], &rows)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn logs(history: &RunHistory, run: &str, follow: bool) -> Result<ExitCode> {
+    let id = history.resolve(run)?;
+    let path = RunPaths::new(history.home(), &id).output_log();
+    let mut offset = 0u64;
+    let mut out = std::io::stdout();
+    loop {
+        if let Ok(mut file) = std::fs::File::open(&path) {
+            file.seek(SeekFrom::Start(offset))?;
+            let mut bytes = Vec::new();
+            file.read_to_end(&mut bytes)?;
+            offset += bytes.len() as u64;
+            out.write_all(&bytes)?;
+            out.flush()?;
+        }
+        if !follow {
+            break;
+        }
+        history.reap_lost()?;
+        if history.run(&id)?.status.is_final() {
+            // One last read: the submitter finishes writing before it records the end.
+            follow_tail(&path, offset)?;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn follow_tail(path: &std::path::Path, offset: u64) -> Result<()> {
+    if let Ok(mut file) = std::fs::File::open(path) {
+        file.seek(SeekFrom::Start(offset))?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)?;
+        std::io::stdout().write_all(&bytes)?;
+    }
+    Ok(())
+}
+
+fn download(
+    history: &RunHistory,
+    run: &str,
+    path: &str,
+    dest: &std::path::Path,
+) -> Result<ExitCode> {
+    let id = history.resolve(run)?;
+    let rel = inside(path)?;
+    let from = runs::run_dir(history.home(), &id).join(&rel);
+    if !from.exists() {
+        bail!("run {id} has no {path}");
+    }
+    let copied = copy_tree(&from, dest)?;
+    println!("{copied} files copied from run {id} to {}", dest.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) -> Result<usize> {
+    if from.is_dir() {
+        std::fs::create_dir_all(to)?;
+        let mut n = 0;
+        for entry in std::fs::read_dir(from)? {
+            let entry = entry?;
+            n += copy_tree(&entry.path(), &to.join(entry.file_name()))?;
+        }
+        return Ok(n);
+    }
+    if let Some(parent) = to.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::copy(from, to)?;
+    Ok(1)
+}

@@ -1,0 +1,653 @@
+//! The estimator job file: what to run (kiln's trainer with a `[train]` table, or an
+//! `entry_script` inside a snapshotted `source_directory`) and where (`local`, `mpi`, `slurm`),
+//! with the estimator's own key names. Every error names the file, the line and the key, with a
+//! "did you mean" when a known name is close.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::EngineError;
+use crate::train::TrainConfig;
+
+/// Where a job's processes run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ComputeTarget {
+    /// This machine.
+    Local,
+    /// `mpirun` over `hosts` (or this machine when `hosts` is empty).
+    Mpi,
+    /// An `sbatch` script submitted to Slurm.
+    Slurm,
+}
+
+/// How a multi-process job's workers are started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DistributedBackend {
+    /// kiln's own launcher and ring allreduce.
+    Ring,
+    /// Workers started by `mpirun` (or `srun` under Slurm); gradients still use kiln's ring.
+    Mpi,
+}
+
+/// One `script_params` value: `""` and `true` are bare flags, `false` leaves the flag out.
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+#[serde(untagged)]
+pub enum ScriptParam {
+    /// A flag with no value, or a switched-off one.
+    Bool(bool),
+    /// An integer value.
+    Int(i64),
+    /// A float value.
+    Float(f64),
+    /// A string value; `""` is a bare flag.
+    Text(String),
+}
+
+/// The job file as written: every key optional, unknown keys refused.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JobFile {
+    name: Option<String>,
+    experiment: Option<String>,
+    source_directory: Option<PathBuf>,
+    entry_script: Option<PathBuf>,
+    #[serde(default)]
+    script_params: toml::Table,
+    compute_target: Option<ComputeTarget>,
+    node_count: Option<i64>,
+    process_count_per_node: Option<i64>,
+    distributed_backend: Option<DistributedBackend>,
+    #[serde(default)]
+    hosts: Vec<String>,
+    #[serde(default)]
+    use_gpu: bool,
+    train: Option<TrainConfig>,
+    #[serde(default)]
+    environment: toml::Table,
+}
+
+/// A validated job: paths absolute, defaults filled in.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, Deserialize)]
+pub struct JobSpec {
+    /// The job file.
+    pub path: PathBuf,
+    /// The run's display name (default: the job file's stem).
+    pub name: String,
+    /// The experiment the run belongs to (default `default`).
+    pub experiment: String,
+    /// The directory snapshotted into the run.
+    pub source_directory: Option<PathBuf>,
+    /// A program inside `source_directory`, relative to it; `None` runs kiln's trainer.
+    pub entry_script: Option<PathBuf>,
+    /// Flags passed to the program, in file order.
+    pub script_params: Vec<(String, ScriptParam)>,
+    /// Where the processes run.
+    pub compute_target: ComputeTarget,
+    /// Machines.
+    pub node_count: usize,
+    /// Workers on each machine.
+    pub process_count_per_node: usize,
+    /// How workers are started.
+    pub distributed_backend: DistributedBackend,
+    /// Machines for `mpi` (and Slurm node hints); empty means this machine.
+    pub hosts: Vec<String>,
+    /// Ask for a GPU (Slurm `--gpus-per-node`, the trainer's device `auto`).
+    pub use_gpu: bool,
+    /// kiln's trainer options (when `entry_script` is absent), data paths absolute.
+    pub train: TrainConfig,
+    /// Extra environment variables, in file order.
+    pub environment: Vec<(String, String)>,
+}
+
+impl JobSpec {
+    /// Reads and validates the job file at `path`.
+    pub fn load(path: &Path) -> Result<Self, EngineError> {
+        let text = std::fs::read_to_string(path).map_err(|e| EngineError::io(path, e))?;
+        Self::parse(&text, path)
+    }
+
+    /// Validates the TOML `text` of the job file at `path` (relative paths are relative to it).
+    pub fn parse(text: &str, path: &Path) -> Result<Self, EngineError> {
+        let path = std::path::absolute(path).map_err(|e| EngineError::io(path, e))?;
+        let err = |line: usize, message: String| EngineError::InvalidJob {
+            file: path.display().to_string(),
+            line,
+            message,
+        };
+        let file: JobFile = toml::from_str(text).map_err(|e| {
+            let line = e.span().map_or(1, |s| line_at(text, s.start));
+            err(line, explain(text, line, e.message()))
+        })?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let absolute = |p: PathBuf| if p.is_relative() { base.join(p) } else { p };
+        let line = |table: &str, key: &str| line_of_key(text, table, key);
+
+        let name = match file.name {
+            Some(n) if n.trim().is_empty() => {
+                return Err(err(line("", "name"), "name: must not be empty".into()));
+            }
+            Some(n) => n,
+            None => path
+                .file_stem()
+                .map_or("job".into(), |s| s.to_string_lossy().into_owned()),
+        };
+        let experiment = file.experiment.unwrap_or_else(|| "default".into());
+        if let Err(why) = check_name(&experiment) {
+            return Err(err(line("", "experiment"), format!("experiment: {why}")));
+        }
+        let source_directory = file.source_directory.map(absolute);
+        if let Some(dir) = &source_directory
+            && !dir.is_dir()
+        {
+            return Err(err(
+                line("", "source_directory"),
+                format!("source_directory: {} is not a directory", dir.display()),
+            ));
+        }
+        let entry_script = match (file.entry_script, &source_directory) {
+            (None, _) => None,
+            (Some(_), None) => {
+                return Err(err(
+                    line("", "entry_script"),
+                    "entry_script: needs a source_directory to find it in".into(),
+                ));
+            }
+            (Some(script), Some(dir)) => {
+                let inside = script.is_relative()
+                    && script
+                        .components()
+                        .all(|c| matches!(c, std::path::Component::Normal(_)));
+                if !inside {
+                    return Err(err(
+                        line("", "entry_script"),
+                        format!(
+                            "entry_script: {} must be a relative path inside source_directory",
+                            script.display()
+                        ),
+                    ));
+                }
+                if !dir.join(&script).is_file() {
+                    return Err(err(
+                        line("", "entry_script"),
+                        format!(
+                            "entry_script: {} not found in {}",
+                            script.display(),
+                            dir.display()
+                        ),
+                    ));
+                }
+                Some(script)
+            }
+        };
+        if entry_script.is_some() && file.train.is_some() {
+            return Err(err(
+                line("", "train"),
+                "[train] configures kiln's trainer; with entry_script, pass options in \
+                 script_params"
+                    .into(),
+            ));
+        }
+        let mut script_params = Vec::new();
+        for (key, value) in file.script_params {
+            let param = match value {
+                toml::Value::String(s) => ScriptParam::Text(s),
+                toml::Value::Integer(i) => ScriptParam::Int(i),
+                toml::Value::Float(f) => ScriptParam::Float(f),
+                toml::Value::Boolean(b) => ScriptParam::Bool(b),
+                other => {
+                    return Err(err(
+                        line("script_params", &key),
+                        format!(
+                            "script_params.{key}: expected a string, number or boolean, found {}",
+                            other.type_str()
+                        ),
+                    ));
+                }
+            };
+            script_params.push((key, param));
+        }
+        let count = |key: &str, value: Option<i64>, max: i64| match value {
+            None => Ok(1),
+            Some(v) if (1..=max).contains(&v) => Ok(v as usize),
+            Some(v) => Err(err(
+                line("", key),
+                format!("{key}: {v} is out of range; expected 1 to {max}"),
+            )),
+        };
+        let node_count = count("node_count", file.node_count, 4096)?;
+        let process_count_per_node =
+            count("process_count_per_node", file.process_count_per_node, 1024)?;
+        let compute_target = file.compute_target.unwrap_or(ComputeTarget::Local);
+        if compute_target == ComputeTarget::Local && node_count > 1 {
+            return Err(err(
+                line("", "node_count"),
+                format!(
+                    "node_count: {node_count} nodes need compute_target = \"mpi\" or \"slurm\""
+                ),
+            ));
+        }
+        if compute_target == ComputeTarget::Mpi && !file.hosts.is_empty() {
+            if file.hosts.len() < node_count {
+                return Err(err(
+                    line("", "hosts"),
+                    format!(
+                        "hosts: {} listed for node_count = {node_count}",
+                        file.hosts.len()
+                    ),
+                ));
+            }
+            if let Some(bad) = file.hosts.iter().find(|h| !valid_host(h)) {
+                return Err(err(
+                    line("", "hosts"),
+                    format!("hosts: '{bad}' is not a host name or address"),
+                ));
+            }
+        }
+        if compute_target == ComputeTarget::Mpi && file.hosts.is_empty() && node_count > 1 {
+            return Err(err(
+                line("", "hosts"),
+                format!("hosts: node_count = {node_count} with mpi needs the hosts listed"),
+            ));
+        }
+        let mut train = file.train.unwrap_or_default();
+        check_train(&train).map_err(|(key, why)| err(line("train", key), why))?;
+        train.data = train.data.map(absolute);
+        train.train = train.train.map(absolute);
+        train.val = train.val.map(absolute);
+        train.pretrained = train.pretrained.map(absolute);
+        train.resume = train.resume.map(absolute);
+        let mut environment = Vec::new();
+        for (key, value) in file.environment {
+            let value = match value {
+                toml::Value::String(s) => s,
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                other => {
+                    return Err(err(
+                        line("environment", &key),
+                        format!(
+                            "environment.{key}: expected a string, number or boolean, found {}",
+                            other.type_str()
+                        ),
+                    ));
+                }
+            };
+            if key.is_empty() || key.contains('=') || key.starts_with("KILN_RUN") {
+                return Err(err(
+                    line("environment", &key),
+                    format!("environment: '{key}' cannot be set by a job"),
+                ));
+            }
+            environment.push((key, value));
+        }
+        Ok(Self {
+            path,
+            name,
+            experiment,
+            source_directory,
+            entry_script,
+            script_params,
+            compute_target,
+            node_count,
+            process_count_per_node,
+            distributed_backend: file.distributed_backend.unwrap_or(DistributedBackend::Ring),
+            hosts: file.hosts,
+            use_gpu: file.use_gpu,
+            train,
+            environment,
+        })
+    }
+
+    /// Workers in all: `node_count * process_count_per_node`.
+    pub fn world_size(&self) -> usize {
+        self.node_count * self.process_count_per_node
+    }
+
+    /// `script_params` as command-line arguments: `--flag value`, or `--flag` alone.
+    pub fn script_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        for (key, value) in &self.script_params {
+            match value {
+                ScriptParam::Bool(false) => {}
+                ScriptParam::Bool(true) => args.push(key.clone()),
+                ScriptParam::Text(s) if s.is_empty() => args.push(key.clone()),
+                ScriptParam::Text(s) => args.extend([key.clone(), s.clone()]),
+                ScriptParam::Int(i) => args.extend([key.clone(), i.to_string()]),
+                ScriptParam::Float(f) => args.extend([key.clone(), f.to_string()]),
+            }
+        }
+        args
+    }
+
+    /// The `[train]` table as a job file of its own, paths absolute: what a run's built-in
+    /// trainer reads with `kiln train --job`.
+    pub fn train_job_toml(&self) -> String {
+        #[derive(serde::Serialize)]
+        struct Train<'a> {
+            train: &'a TrainConfig,
+        }
+        toml::to_string(&Train { train: &self.train }).expect("a train config serialises")
+    }
+}
+
+/// Experiment and model names: letters, digits, `.`, `_`, `-`; no path tricks.
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 128 {
+        return Err(format!("'{name}' must have 1 to 128 characters"));
+    }
+    if name.starts_with('.') || name.starts_with('-') {
+        return Err(format!("'{name}' must not start with '.' or '-'"));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!(
+            "'{name}' has '{c}'; use letters, digits, '.', '_' and '-'"
+        ));
+    }
+    Ok(())
+}
+
+fn valid_host(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= 253
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':'))
+}
+
+/// Range checks of the `[train]` table that serde cannot express: `(key, message)`.
+fn check_train(c: &TrainConfig) -> Result<(), (&'static str, String)> {
+    if let Err(e) = c.arch.parse::<kiln_models::Arch>() {
+        let names = kiln_models::Arch::ALL.map(|a| a.name());
+        return Err((
+            "arch",
+            format!("arch: {e}{}", did_you_mean(&c.arch, &names)),
+        ));
+    }
+    let positive = [("epochs", c.epochs), ("batch_size", c.batch_size)];
+    for (key, v) in positive {
+        if v == 0 {
+            return Err((
+                key,
+                format!("{key}: 0 is out of range; expected at least 1"),
+            ));
+        }
+    }
+    let finite = |v: f64| v.is_finite();
+    if !(finite(c.lr) && c.lr > 0.0) {
+        return Err(("lr", format!("lr: {} must be a positive number", c.lr)));
+    }
+    if let Some(h) = c.head_lr
+        && !(finite(h) && h > 0.0)
+    {
+        return Err(("head_lr", format!("head_lr: {h} must be a positive number")));
+    }
+    if !(0.0..1.0).contains(&c.momentum) {
+        return Err((
+            "momentum",
+            format!(
+                "momentum: {} is out of range; expected 0 <= momentum < 1",
+                c.momentum
+            ),
+        ));
+    }
+    if !(0.0..=1.0).contains(&c.dampening) {
+        return Err((
+            "dampening",
+            format!(
+                "dampening: {} is out of range; expected 0 to 1",
+                c.dampening
+            ),
+        ));
+    }
+    if !(finite(c.weight_decay) && c.weight_decay >= 0.0) {
+        return Err((
+            "weight_decay",
+            format!("weight_decay: {} must be 0 or more", c.weight_decay),
+        ));
+    }
+    if !(finite(c.min_delta) && c.min_delta >= 0.0) {
+        return Err((
+            "min_delta",
+            format!("min_delta: {} must be 0 or more", c.min_delta),
+        ));
+    }
+    if let Some(s) = c.image_size
+        && !(8..=4096).contains(&s)
+    {
+        return Err((
+            "image_size",
+            format!("image_size: {s} is out of range; expected 8 to 4096"),
+        ));
+    }
+    if !(finite(c.bucket_mb) && c.bucket_mb > 0.0) {
+        return Err((
+            "bucket_mb",
+            format!("bucket_mb: {} must be positive", c.bucket_mb),
+        ));
+    }
+    if !matches!(c.device.as_str(), "auto" | "cpu" | "flex" | "wgpu" | "cuda") {
+        let names = ["auto", "cpu", "wgpu", "cuda"];
+        return Err((
+            "device",
+            format!(
+                "device: '{}' is not auto, cpu, wgpu or cuda{}",
+                c.device,
+                did_you_mean(&c.device, &names)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Rewrites serde's message about an unknown key or variant with a "did you mean".
+fn explain(text: &str, line: usize, message: &str) -> String {
+    let key = key_on_line(text, line);
+    let prefix = match &key {
+        Some(k) => format!("{k}: "),
+        None => String::new(),
+    };
+    let backticked: Vec<&str> = message.split('`').skip(1).step_by(2).collect();
+    let unknown = message.starts_with("unknown field") || message.starts_with("unknown variant");
+    if unknown && let Some((given, known)) = backticked.split_first() {
+        let what = if message.starts_with("unknown field") {
+            "unknown key"
+        } else {
+            "unknown value"
+        };
+        let table = table_on_line(text, line);
+        let place = if table.is_empty() || what == "unknown value" {
+            String::new()
+        } else {
+            format!(" in [{table}]")
+        };
+        let key_prefix = if what == "unknown key" {
+            String::new()
+        } else {
+            prefix
+        };
+        return format!(
+            "{key_prefix}{what} '{given}'{place}{}; expected one of {}",
+            did_you_mean(given, known),
+            known.join(", ")
+        );
+    }
+    format!("{prefix}{}", message.trim())
+}
+
+/// `; did you mean 'x'?` when a known name is within a couple of edits of `given`.
+pub fn did_you_mean(given: &str, known: &[&str]) -> String {
+    known
+        .iter()
+        .map(|k| (edit_distance(given, k), *k))
+        .filter(|(d, k)| *d <= 2.max(k.len() / 4) && *d < k.len())
+        .min()
+        .map_or(String::new(), |(_, k)| format!("; did you mean '{k}'?"))
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+/// The 1-based line of byte `offset`.
+fn line_at(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// The key assigned on `line` (1-based), if any.
+fn key_on_line(text: &str, line: usize) -> Option<String> {
+    let l = text.lines().nth(line.checked_sub(1)?)?;
+    let (key, _) = l.split_once('=')?;
+    let key = key.trim().trim_matches('"');
+    (!key.is_empty() && !key.starts_with('[')).then(|| key.to_string())
+}
+
+/// The `[table]` that `line` (1-based) belongs to; `""` for the top level.
+fn table_on_line(text: &str, line: usize) -> String {
+    let mut table = String::new();
+    for l in text.lines().take(line) {
+        let t = l.trim();
+        if t.starts_with('[') && !t.starts_with("[[") {
+            table = t.trim_matches(|c| c == '[' || c == ']').trim().to_string();
+        }
+    }
+    table
+}
+
+/// The line where `key` is set in `table` (`""`: the top level), or 1 when it is not written.
+fn line_of_key(text: &str, table: &str, key: &str) -> usize {
+    let mut current = String::new();
+    for (i, l) in text.lines().enumerate() {
+        let t = l.trim();
+        if t.starts_with('[') {
+            current = t.trim_matches(|c| c == '[' || c == ']').trim().to_string();
+            if current == table && key.is_empty() {
+                return i + 1;
+            }
+            continue;
+        }
+        let Some((k, _)) = t.split_once('=') else {
+            continue;
+        };
+        let k = k.trim().trim_matches('"');
+        let dotted = format!("{table}.{key}");
+        if (current == table && k == key)
+            || (current.is_empty() && !table.is_empty() && k == dotted)
+        {
+            return i + 1;
+        }
+        // An inline table (`script_params = { ... }`) holds its keys on the same line.
+        if current.is_empty() && k == table && l.contains(key) {
+            return i + 1;
+        }
+    }
+    if !table.is_empty() && !key.is_empty() {
+        return line_of_key(text, table, "");
+    }
+    1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<JobSpec, String> {
+        JobSpec::parse(text, Path::new("/tmp/job.toml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_and_flags() {
+        let job = parse(
+            "name = \"n\"\nscript_params = { \"--epochs\" = 3, \"--verbose\" = \"\", \"--lr\" = 0.5, \"--off\" = false }\n",
+        )
+        .unwrap();
+        assert_eq!(job.experiment, "default");
+        assert_eq!(job.compute_target, ComputeTarget::Local);
+        assert_eq!(job.world_size(), 1);
+        assert_eq!(job.train, TrainConfig::default());
+        assert_eq!(
+            job.script_args(),
+            ["--epochs", "3", "--verbose", "--lr", "0.5"]
+        );
+    }
+
+    #[test]
+    fn unknown_keys_name_the_line_and_a_close_key() {
+        let e = parse("name = \"n\"\nexperimnt = \"x\"\n").unwrap_err();
+        assert!(e.contains("/tmp/job.toml:2:"), "{e}");
+        assert!(e.contains("unknown key 'experimnt'"), "{e}");
+        assert!(e.contains("did you mean 'experiment'?"), "{e}");
+        let e = parse("[train]\nepochs = 2\nbatch_sise = 4\n").unwrap_err();
+        assert!(e.contains(":3:") && e.contains("in [train]"), "{e}");
+        assert!(e.contains("did you mean 'batch_size'?"), "{e}");
+        let e = parse("compute_target = \"slurn\"\n").unwrap_err();
+        assert!(
+            e.contains(":1: compute_target: unknown value 'slurn'"),
+            "{e}"
+        );
+        assert!(e.contains("did you mean 'slurm'?"), "{e}");
+    }
+
+    #[test]
+    fn wrong_types_and_ranges_name_the_line() {
+        let e = parse("name = \"n\"\nnode_count = \"two\"\n").unwrap_err();
+        assert!(e.contains(":2: node_count:"), "{e}");
+        let e = parse("\n\nprocess_count_per_node = 0\n").unwrap_err();
+        assert!(
+            e.contains(":3: process_count_per_node: 0 is out of range"),
+            "{e}"
+        );
+        let e = parse("[train]\n\nlr = -1.0\n").unwrap_err();
+        assert!(e.contains(":3: lr:"), "{e}");
+        let e = parse("[train]\narch = \"resnet19\"\n").unwrap_err();
+        assert!(
+            e.contains(":2: arch:") && e.contains("did you mean 'resnet18'?"),
+            "{e}"
+        );
+        let e = parse("[train]\nepochs = 2.5\n").unwrap_err();
+        assert!(e.contains(":2: epochs:"), "{e}");
+        let e = parse("script_params = { \"--x\" = [1] }\n").unwrap_err();
+        assert!(e.contains(":1: script_params.--x"), "{e}");
+        let e = parse("node_count = 2\n").unwrap_err();
+        assert!(e.contains("compute_target"), "{e}");
+        let e = parse("experiment = \"../up\"\n").unwrap_err();
+        assert!(e.contains(":1: experiment:"), "{e}");
+    }
+
+    #[test]
+    fn paths_are_relative_to_the_job_file() {
+        let job = parse("[train]\ndata = \"d\"\n").unwrap();
+        assert_eq!(job.train.data, Some(PathBuf::from("/tmp/d")));
+        let e = parse("source_directory = \"/nonexistent-kiln\"\n").unwrap_err();
+        assert!(e.contains("source_directory"), "{e}");
+        let e = parse("entry_script = \"x.sh\"\n").unwrap_err();
+        assert!(e.contains("needs a source_directory"), "{e}");
+    }
+
+    #[test]
+    fn close_names() {
+        assert_eq!(
+            did_you_mean("epocs", &["epochs", "lr"]),
+            "; did you mean 'epochs'?"
+        );
+        assert_eq!(did_you_mean("zzz", &["epochs", "lr"]), "");
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+    }
+}

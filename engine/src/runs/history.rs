@@ -1,0 +1,782 @@
+//! `RunHistory`: experiments, runs, metrics, artifacts and registered models in one SQLite
+//! database (`$KILN_HOME/kiln.db`, WAL, a busy timeout so several writers wait their turn),
+//! with a schema version and forward migrations.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use serde::{Deserialize, Serialize};
+
+use crate::error::EngineError;
+use crate::runs::{RunStatus, now};
+
+/// Migrations in order; `PRAGMA user_version` says how many have run.
+const MIGRATIONS: [&str; 1] = [r#"
+CREATE TABLE experiments (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    created REAL NOT NULL
+);
+CREATE TABLE runs (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    experiment_id INTEGER NOT NULL REFERENCES experiments(id),
+    status TEXT NOT NULL,
+    created REAL NOT NULL,
+    updated REAL NOT NULL,
+    started REAL,
+    ended REAL,
+    exit_code INTEGER,
+    error TEXT,
+    host TEXT NOT NULL,
+    submitter_pid INTEGER,
+    process_group INTEGER,
+    scheduler_id TEXT,
+    compute_target TEXT NOT NULL,
+    command TEXT,
+    git_commit TEXT,
+    git_dirty INTEGER,
+    job TEXT NOT NULL,
+    cancel_requested INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE metrics (
+    run_id TEXT NOT NULL REFERENCES runs(id),
+    rank INTEGER,
+    epoch INTEGER,
+    step INTEGER,
+    split TEXT,
+    name TEXT NOT NULL,
+    value REAL,
+    time REAL NOT NULL
+);
+CREATE INDEX metrics_by_run ON metrics(run_id, name);
+CREATE TABLE artifacts (
+    run_id TEXT NOT NULL REFERENCES runs(id),
+    path TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    PRIMARY KEY (run_id, path)
+);
+CREATE TABLE models (
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    run_id TEXT REFERENCES runs(id),
+    source_path TEXT NOT NULL,
+    created REAL NOT NULL,
+    PRIMARY KEY (name, version)
+);
+CREATE TABLE model_files (
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    path TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    PRIMARY KEY (name, version, path)
+);
+"#];
+
+/// One run as the history holds it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunRecord {
+    /// Short unique id.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Experiment name.
+    pub experiment: String,
+    /// Lifecycle state.
+    pub status: RunStatus,
+    /// Seconds since the Unix epoch.
+    pub created: f64,
+    /// When the program started.
+    pub started: Option<f64>,
+    /// When the run reached its final state.
+    pub ended: Option<f64>,
+    /// Seconds from start to end (or to now while running).
+    pub duration: Option<f64>,
+    /// The program's exit code.
+    pub exit_code: Option<i64>,
+    /// Why a run failed or was canceled.
+    pub error: Option<String>,
+    /// The machine `kiln submit` ran on.
+    pub host: String,
+    /// `local`, `mpi` or `slurm`.
+    pub compute_target: String,
+    /// The command line that ran.
+    pub command: Option<String>,
+    /// The source directory's git commit.
+    pub git_commit: Option<String>,
+    /// Whether the git work tree had changes.
+    pub git_dirty: Option<bool>,
+    /// The Slurm job id.
+    pub scheduler_id: Option<String>,
+    /// The process group of the program (local and mpi runs).
+    #[serde(skip)]
+    pub process_group: Option<i64>,
+    /// The pid of the submitting `kiln`.
+    #[serde(skip)]
+    pub submitter_pid: Option<i64>,
+    /// The validated job, as JSON.
+    #[serde(skip)]
+    pub job: String,
+    /// Whether `kiln runs cancel` asked for this run to stop.
+    #[serde(skip)]
+    pub cancel_requested: bool,
+    /// The last value of each metric (`split/name` or `name`).
+    pub last_metrics: Vec<(String, f64)>,
+}
+
+/// One metric value: the trainer's `metrics.jsonl` record, fields optional for other programs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Metric {
+    /// The worker's rank.
+    #[serde(default)]
+    pub rank: Option<i64>,
+    /// The epoch (1-based), if any.
+    #[serde(default)]
+    pub epoch: Option<i64>,
+    /// The step, if any.
+    #[serde(default)]
+    pub step: Option<i64>,
+    /// `train`, `val` or empty.
+    #[serde(default)]
+    pub split: Option<String>,
+    /// The metric's name.
+    pub name: String,
+    /// Its value (`null` is NaN).
+    #[serde(default)]
+    pub value: Option<f64>,
+    /// Seconds since the Unix epoch.
+    #[serde(default)]
+    pub time: Option<f64>,
+}
+
+impl Metric {
+    /// `split/name`, or `name` without a split.
+    pub fn key(&self) -> String {
+        match self.split.as_deref() {
+            Some(s) if !s.is_empty() => format!("{s}/{}", self.name),
+            _ => self.name.clone(),
+        }
+    }
+}
+
+/// What a new run starts with.
+#[derive(Debug, Clone)]
+pub struct NewRun<'a> {
+    /// Display name.
+    pub name: &'a str,
+    /// Experiment (created on first use).
+    pub experiment: &'a str,
+    /// `local`, `mpi` or `slurm`.
+    pub compute_target: &'a str,
+    /// The validated job as JSON.
+    pub job: &'a str,
+}
+
+/// The run history database.
+pub struct RunHistory {
+    conn: Connection,
+    home: PathBuf,
+}
+
+fn db_error(e: rusqlite::Error) -> EngineError {
+    EngineError::Runs(format!("run history: {e}"))
+}
+
+impl RunHistory {
+    /// Opens (creating and migrating) the database under `home`.
+    pub fn open(home: &Path) -> Result<Self, EngineError> {
+        std::fs::create_dir_all(home).map_err(|e| EngineError::io(home, e))?;
+        let path = home.join("kiln.db");
+        let mut conn = Connection::open(&path).map_err(|e| {
+            EngineError::Runs(format!(
+                "cannot open the run history {}: {e}",
+                path.display()
+            ))
+        })?;
+        conn.busy_timeout(Duration::from_secs(60))
+            .map_err(db_error)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(db_error)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(db_error)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(db_error)?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db_error)?;
+        let version = tx
+            .query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))
+            .map_err(db_error)? as usize;
+        if version > MIGRATIONS.len() {
+            return Err(EngineError::Runs(format!(
+                "the run history {} has schema version {version}; this kiln knows up to {}",
+                path.display(),
+                MIGRATIONS.len()
+            )));
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+            tx.execute_batch(sql).map_err(db_error)?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64)
+                .map_err(db_error)?;
+        }
+        tx.commit().map_err(db_error)?;
+        Ok(Self {
+            conn,
+            home: home.to_path_buf(),
+        })
+    }
+
+    /// `$KILN_HOME`.
+    pub fn home(&self) -> &Path {
+        &self.home
+    }
+
+    /// The schema version.
+    pub fn schema_version(&self) -> Result<usize, EngineError> {
+        self.conn
+            .query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))
+            .map(|v| v as usize)
+            .map_err(db_error)
+    }
+
+    /// Records a new `Queued` run with a fresh id.
+    pub fn create_run(&mut self, new: &NewRun) -> Result<String, EngineError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db_error)?;
+        tx.execute(
+            "INSERT OR IGNORE INTO experiments (name, created) VALUES (?1, ?2)",
+            params![new.experiment, now()],
+        )
+        .map_err(db_error)?;
+        let experiment: i64 = tx
+            .query_row(
+                "SELECT id FROM experiments WHERE name = ?1",
+                [new.experiment],
+                |r| r.get(0),
+            )
+            .map_err(db_error)?;
+        let id = loop {
+            let id = super::new_run_id();
+            let taken: bool = tx
+                .query_row("SELECT count(*) FROM runs WHERE id = ?1", [&id], |r| {
+                    r.get::<_, i64>(0).map(|n| n > 0)
+                })
+                .map_err(db_error)?;
+            if !taken {
+                break id;
+            }
+        };
+        let t = now();
+        tx.execute(
+            "INSERT INTO runs (id, name, experiment_id, status, created, updated, host,
+                submitter_pid, compute_target, job)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                id,
+                new.name,
+                experiment,
+                RunStatus::Queued.as_str(),
+                t,
+                crate::dist::wire::hostname(),
+                std::process::id(),
+                new.compute_target,
+                new.job
+            ],
+        )
+        .map_err(db_error)?;
+        tx.commit().map_err(db_error)?;
+        Ok(id)
+    }
+
+    /// Moves a run to `status` unless it already ended; returns whether it moved.
+    pub fn set_status(&self, id: &str, status: RunStatus) -> Result<bool, EngineError> {
+        let n = self
+            .conn
+            .execute(
+                "UPDATE runs SET status = ?2, updated = ?3, submitter_pid = ?4
+                 WHERE id = ?1 AND status NOT IN ('Completed', 'Failed', 'Canceled')",
+                params![id, status.as_str(), now(), std::process::id()],
+            )
+            .map_err(db_error)?;
+        Ok(n == 1)
+    }
+
+    /// Records the source's git state.
+    pub fn set_git(&self, id: &str, commit: &str, dirty: bool) -> Result<(), EngineError> {
+        self.conn
+            .execute(
+                "UPDATE runs SET git_commit = ?2, git_dirty = ?3 WHERE id = ?1",
+                params![id, commit, dirty],
+            )
+            .map(drop)
+            .map_err(db_error)
+    }
+
+    /// Marks a run `Running` with its command line and process group (or scheduler id).
+    pub fn set_running(
+        &self,
+        id: &str,
+        command: &str,
+        process_group: Option<i64>,
+        scheduler_id: Option<&str>,
+    ) -> Result<(), EngineError> {
+        let t = now();
+        self.conn
+            .execute(
+                "UPDATE runs SET status = 'Running', started = ?2, updated = ?2, command = ?3,
+                    process_group = ?4, scheduler_id = ?5
+                 WHERE id = ?1 AND status NOT IN ('Completed', 'Failed', 'Canceled')",
+                params![id, t, command, process_group, scheduler_id],
+            )
+            .map(drop)
+            .map_err(db_error)
+    }
+
+    /// Moves a run to its final state, unless it already has one; returns whether it moved.
+    pub fn finish(
+        &self,
+        id: &str,
+        status: RunStatus,
+        exit_code: Option<i64>,
+        error: Option<&str>,
+    ) -> Result<bool, EngineError> {
+        let t = now();
+        let n = self
+            .conn
+            .execute(
+                "UPDATE runs SET status = ?2, ended = ?3, updated = ?3, exit_code = ?4, error = ?5
+                 WHERE id = ?1 AND status NOT IN ('Completed', 'Failed', 'Canceled')",
+                params![id, status.as_str(), t, exit_code, error],
+            )
+            .map_err(db_error)?;
+        Ok(n == 1)
+    }
+
+    /// Asks for a run to stop; returns false when it already ended.
+    pub fn request_cancel(&self, id: &str) -> Result<bool, EngineError> {
+        let n = self
+            .conn
+            .execute(
+                "UPDATE runs SET cancel_requested = 1
+                 WHERE id = ?1 AND status NOT IN ('Completed', 'Failed', 'Canceled')",
+                [id],
+            )
+            .map_err(db_error)?;
+        Ok(n == 1)
+    }
+
+    /// Whether `kiln runs cancel` asked for the run to stop.
+    pub fn cancel_requested(&self, id: &str) -> Result<bool, EngineError> {
+        self.conn
+            .query_row(
+                "SELECT cancel_requested FROM runs WHERE id = ?1",
+                [id],
+                |r| r.get(0),
+            )
+            .map_err(db_error)
+    }
+
+    /// Appends metric values in one transaction; returns how many were added.
+    pub fn add_metrics(&mut self, id: &str, metrics: &[Metric]) -> Result<usize, EngineError> {
+        if metrics.is_empty() {
+            return Ok(0);
+        }
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db_error)?;
+        {
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT INTO metrics (run_id, rank, epoch, step, split, name, value, time)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )
+                .map_err(db_error)?;
+            for m in metrics {
+                insert
+                    .execute(params![
+                        id,
+                        m.rank,
+                        m.epoch,
+                        m.step,
+                        m.split,
+                        m.name,
+                        m.value,
+                        m.time.unwrap_or_else(now)
+                    ])
+                    .map_err(db_error)?;
+            }
+        }
+        tx.commit().map_err(db_error)?;
+        Ok(metrics.len())
+    }
+
+    /// Replaces the run's artifact list with `files` (path relative to the run, size).
+    pub fn set_artifacts(&mut self, id: &str, files: &[(String, u64)]) -> Result<(), EngineError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db_error)?;
+        tx.execute("DELETE FROM artifacts WHERE run_id = ?1", [id])
+            .map_err(db_error)?;
+        for (path, size) in files {
+            tx.execute(
+                "INSERT INTO artifacts (run_id, path, size) VALUES (?1, ?2, ?3)",
+                params![id, path, *size as i64],
+            )
+            .map_err(db_error)?;
+        }
+        tx.commit().map_err(db_error)
+    }
+
+    /// The run's artifacts: path relative to the run directory, size.
+    pub fn artifacts(&self, id: &str) -> Result<Vec<(String, u64)>, EngineError> {
+        let mut q = self
+            .conn
+            .prepare("SELECT path, size FROM artifacts WHERE run_id = ?1 ORDER BY path")
+            .map_err(db_error)?;
+        let rows = q
+            .query_map([id], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))
+            .map_err(db_error)?;
+        rows.collect::<Result<_, _>>().map_err(db_error)
+    }
+
+    /// Resolves a run id or a unique prefix of one.
+    pub fn resolve(&self, id: &str) -> Result<String, EngineError> {
+        if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric()) {
+            return Err(EngineError::Runs(format!("no run '{id}'")));
+        }
+        let mut q = self
+            .conn
+            .prepare("SELECT id FROM runs WHERE id LIKE ?1 || '%' LIMIT 2")
+            .map_err(db_error)?;
+        let ids: Vec<String> = q
+            .query_map([id], |r| r.get(0))
+            .map_err(db_error)?
+            .collect::<Result<_, _>>()
+            .map_err(db_error)?;
+        match ids.as_slice() {
+            [one] => Ok(one.clone()),
+            [] => Err(EngineError::Runs(format!(
+                "no run '{id}' (see `kiln runs list`)"
+            ))),
+            _ if ids.contains(&id.to_string()) => Ok(id.to_string()),
+            _ => Err(EngineError::Runs(format!(
+                "'{id}' matches several runs; give more of the id"
+            ))),
+        }
+    }
+
+    /// One run (id or unique prefix), with its last metrics.
+    pub fn run(&self, id: &str) -> Result<RunRecord, EngineError> {
+        let id = self.resolve(id)?;
+        let mut runs = self.query_runs("WHERE r.id = ?1", &[&id])?;
+        runs.pop()
+            .ok_or_else(|| EngineError::Runs(format!("no run '{id}'")))
+    }
+
+    /// All runs, newest first, optionally of one experiment.
+    pub fn runs(&self, experiment: Option<&str>) -> Result<Vec<RunRecord>, EngineError> {
+        match experiment {
+            Some(e) => self.query_runs("WHERE e.name = ?1 ORDER BY r.created DESC", &[&e]),
+            None => self.query_runs("ORDER BY r.created DESC", &[]),
+        }
+    }
+
+    fn query_runs(
+        &self,
+        clause: &str,
+        args: &[&dyn rusqlite::ToSql],
+    ) -> Result<Vec<RunRecord>, EngineError> {
+        let sql = format!(
+            "SELECT r.id, r.name, e.name, r.status, r.created, r.started, r.ended, r.exit_code,
+                r.error, r.host, r.compute_target, r.command, r.git_commit, r.git_dirty,
+                r.scheduler_id, r.process_group, r.submitter_pid, r.job, r.cancel_requested
+             FROM runs r JOIN experiments e ON e.id = r.experiment_id {clause}"
+        );
+        let mut q = self.conn.prepare(&sql).map_err(db_error)?;
+        let rows = q
+            .query_map(args, |r| {
+                let status: String = r.get(3)?;
+                let started: Option<f64> = r.get(5)?;
+                let ended: Option<f64> = r.get(6)?;
+                Ok(RunRecord {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                    experiment: r.get(2)?,
+                    status: status.parse().unwrap_or(RunStatus::Failed),
+                    created: r.get(4)?,
+                    started,
+                    ended,
+                    duration: started.map(|s| ended.unwrap_or_else(now) - s),
+                    exit_code: r.get(7)?,
+                    error: r.get(8)?,
+                    host: r.get(9)?,
+                    compute_target: r.get(10)?,
+                    command: r.get(11)?,
+                    git_commit: r.get(12)?,
+                    git_dirty: r.get(13)?,
+                    scheduler_id: r.get(14)?,
+                    process_group: r.get(15)?,
+                    submitter_pid: r.get(16)?,
+                    job: r.get(17)?,
+                    cancel_requested: r.get(18)?,
+                    last_metrics: Vec::new(),
+                })
+            })
+            .map_err(db_error)?;
+        let mut runs: Vec<RunRecord> = rows.collect::<Result<_, _>>().map_err(db_error)?;
+        for run in &mut runs {
+            run.last_metrics = self.last_metrics(&run.id)?;
+        }
+        Ok(runs)
+    }
+
+    /// Every metric value of a run, in the order logged.
+    pub fn metrics(&self, id: &str) -> Result<Vec<Metric>, EngineError> {
+        let mut q = self
+            .conn
+            .prepare(
+                "SELECT rank, epoch, step, split, name, value, time FROM metrics
+                 WHERE run_id = ?1 ORDER BY rowid",
+            )
+            .map_err(db_error)?;
+        let rows = q
+            .query_map([id], |r| {
+                Ok(Metric {
+                    rank: r.get(0)?,
+                    epoch: r.get(1)?,
+                    step: r.get(2)?,
+                    split: r.get(3)?,
+                    name: r.get(4)?,
+                    value: r.get(5)?,
+                    time: r.get(6)?,
+                })
+            })
+            .map_err(db_error)?;
+        rows.collect::<Result<_, _>>().map_err(db_error)
+    }
+
+    /// How many metric values a run has.
+    pub fn metric_count(&self, id: &str) -> Result<usize, EngineError> {
+        self.conn
+            .query_row(
+                "SELECT count(*) FROM metrics WHERE run_id = ?1",
+                [id],
+                |r| r.get::<_, i64>(0).map(|n| n as usize),
+            )
+            .map_err(db_error)
+    }
+
+    /// The last value of each metric key of a run.
+    pub fn last_metrics(&self, id: &str) -> Result<Vec<(String, f64)>, EngineError> {
+        let mut q = self
+            .conn
+            .prepare(
+                "SELECT split, name, value FROM metrics WHERE rowid IN
+                    (SELECT max(rowid) FROM metrics WHERE run_id = ?1 GROUP BY split, name)
+                 ORDER BY split, name",
+            )
+            .map_err(db_error)?;
+        let rows = q
+            .query_map([id], |r| {
+                let m = Metric {
+                    rank: None,
+                    epoch: None,
+                    step: None,
+                    split: r.get(0)?,
+                    name: r.get(1)?,
+                    value: r.get(2)?,
+                    time: None,
+                };
+                Ok((m.key(), m.value.unwrap_or(f64::NAN)))
+            })
+            .map_err(db_error)?;
+        rows.collect::<Result<_, _>>().map_err(db_error)
+    }
+
+    /// Runs that say they are active on this machine but whose submitter holds no lock:
+    /// their `kiln submit` was killed. Each becomes `Failed` (lost); returns their ids.
+    pub fn reap_lost(&self) -> Result<Vec<String>, EngineError> {
+        let host = crate::dist::wire::hostname();
+        let mut q = self
+            .conn
+            .prepare(
+                "SELECT id, submitter_pid FROM runs
+                 WHERE status IN ('Queued', 'Preparing', 'Running', 'Finalizing')
+                   AND host = ?1 AND updated < ?2",
+            )
+            .map_err(db_error)?;
+        // A grace period covers the hand-over from `kiln submit --detach` to its worker.
+        let candidates: Vec<(String, Option<i64>)> = q
+            .query_map(params![host, now() - 5.0], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(db_error)?
+            .collect::<Result<_, _>>()
+            .map_err(db_error)?;
+        let mut lost = Vec::new();
+        for (id, pid) in candidates {
+            let lock = super::run_dir(&self.home, &id).join(super::LOCK_FILE);
+            if super::SubmitterLock::is_held(&lock) {
+                continue;
+            }
+            let why = format!(
+                "lost: the kiln submit process (pid {}) on {host} stopped without finishing the run",
+                pid.unwrap_or(0)
+            );
+            if self.finish(&id, RunStatus::Failed, None, Some(&why))? {
+                lost.push(id);
+            }
+        }
+        Ok(lost)
+    }
+
+    /// The next version number of model `name`, and records it with its files, in one
+    /// transaction (so two registrations never get the same version).
+    pub fn add_model(
+        &mut self,
+        name: &str,
+        run_id: Option<&str>,
+        source_path: &str,
+        files: &[ModelFile],
+        place: impl FnOnce(i64) -> Result<(), EngineError>,
+    ) -> Result<i64, EngineError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db_error)?;
+        let version: i64 = tx
+            .query_row(
+                "SELECT coalesce(max(version), 0) + 1 FROM models WHERE name = ?1",
+                [name],
+                |r| r.get(0),
+            )
+            .map_err(db_error)?;
+        tx.execute(
+            "INSERT INTO models (name, version, run_id, source_path, created)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![name, version, run_id, source_path, now()],
+        )
+        .map_err(db_error)?;
+        for f in files {
+            tx.execute(
+                "INSERT INTO model_files (name, version, path, size, sha256)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![name, version, f.path, f.size as i64, f.sha256],
+            )
+            .map_err(db_error)?;
+        }
+        place(version)?;
+        tx.commit().map_err(db_error)?;
+        Ok(version)
+    }
+
+    /// Registered models, newest version of each name first.
+    pub fn models(&self) -> Result<Vec<ModelRecord>, EngineError> {
+        let mut q = self
+            .conn
+            .prepare(
+                "SELECT m.name, m.version, m.run_id, m.source_path, m.created,
+                    count(f.path), coalesce(sum(f.size), 0)
+                 FROM models m LEFT JOIN model_files f ON f.name = m.name AND f.version = m.version
+                 GROUP BY m.name, m.version ORDER BY m.name, m.version DESC",
+            )
+            .map_err(db_error)?;
+        let rows = q
+            .query_map([], |r| {
+                Ok(ModelRecord {
+                    name: r.get(0)?,
+                    version: r.get(1)?,
+                    run_id: r.get(2)?,
+                    source_path: r.get(3)?,
+                    created: r.get(4)?,
+                    files: r.get::<_, i64>(5)? as usize,
+                    size: r.get::<_, i64>(6)? as u64,
+                })
+            })
+            .map_err(db_error)?;
+        rows.collect::<Result<_, _>>().map_err(db_error)
+    }
+
+    /// The files of one model version (the latest when `version` is `None`).
+    pub fn model_files(
+        &self,
+        name: &str,
+        version: Option<i64>,
+    ) -> Result<Option<(i64, Vec<ModelFile>)>, EngineError> {
+        let version: Option<i64> = match version {
+            Some(v) => self
+                .conn
+                .query_row(
+                    "SELECT version FROM models WHERE name = ?1 AND version = ?2",
+                    params![name, v],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(db_error)?,
+            None => self
+                .conn
+                .query_row(
+                    "SELECT max(version) FROM models WHERE name = ?1",
+                    [name],
+                    |r| r.get(0),
+                )
+                .map_err(db_error)?,
+        };
+        let Some(version) = version else {
+            return Ok(None);
+        };
+        let mut q = self
+            .conn
+            .prepare(
+                "SELECT path, size, sha256 FROM model_files WHERE name = ?1 AND version = ?2
+                 ORDER BY path",
+            )
+            .map_err(db_error)?;
+        let files = q
+            .query_map(params![name, version], |r| {
+                Ok(ModelFile {
+                    path: r.get(0)?,
+                    size: r.get::<_, i64>(1)? as u64,
+                    sha256: r.get(2)?,
+                })
+            })
+            .map_err(db_error)?
+            .collect::<Result<_, _>>()
+            .map_err(db_error)?;
+        Ok(Some((version, files)))
+    }
+}
+
+/// One file of a registered model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ModelFile {
+    /// Path inside the model, `/`-separated.
+    pub path: String,
+    /// Bytes.
+    pub size: u64,
+    /// Lowercase hex SHA-256.
+    pub sha256: String,
+}
+
+/// One registered model version.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelRecord {
+    /// The model's name.
+    pub name: String,
+    /// Its version, from 1.
+    pub version: i64,
+    /// The run it came from.
+    pub run_id: Option<String>,
+    /// The path inside the run it was copied from.
+    pub source_path: String,
+    /// Seconds since the Unix epoch.
+    pub created: f64,
+    /// How many files.
+    pub files: usize,
+    /// Bytes in all.
+    pub size: u64,
+}

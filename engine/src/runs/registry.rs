@@ -1,0 +1,230 @@
+//! `ModelRegistry`: named, versioned copies of a run's model files under
+//! `$KILN_HOME/models/<name>/<version>/`, each file's SHA-256 kept in the run history and
+//! checked again when the model is downloaded.
+
+use std::io::{Read, Write};
+use std::path::{Component, Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::error::EngineError;
+use crate::job::check_name;
+use crate::runs::RunHistory;
+use crate::runs::history::{ModelFile, ModelRecord};
+
+/// The model registry over a run history.
+pub struct ModelRegistry<'a> {
+    history: &'a mut RunHistory,
+}
+
+impl<'a> ModelRegistry<'a> {
+    /// The registry kept in `history`'s `$KILN_HOME`.
+    pub fn new(history: &'a mut RunHistory) -> Self {
+        Self { history }
+    }
+
+    /// Copies `path` (a file or directory inside run `run`) into the registry as the next
+    /// version of `name`; returns the version.
+    pub fn register(
+        &mut self,
+        run: &str,
+        name: &str,
+        path: &str,
+    ) -> Result<(i64, Vec<ModelFile>), EngineError> {
+        check_name(name).map_err(|why| EngineError::Runs(format!("model name {why}")))?;
+        let run = self.history.resolve(run)?;
+        let rel = inside(path)?;
+        let run_dir = super::run_dir(self.history.home(), &run);
+        let source = run_dir.join(&rel);
+        if !source.exists() {
+            return Err(EngineError::Runs(format!(
+                "run {run} has no {path} (looked for {})",
+                source.display()
+            )));
+        }
+        let models = self.history.home().join("models").join(name);
+        std::fs::create_dir_all(&models).map_err(|e| EngineError::io(&models, e))?;
+        let staging = models.join(format!(".staging-{}", super::new_run_id()));
+        let mut files = Vec::new();
+        let copied = copy_tree(&source, &staging, Path::new(""), &mut files);
+        if let Err(e) = copied {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(e);
+        }
+        if files.is_empty() {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(EngineError::Runs(format!(
+                "{} holds no files",
+                source.display()
+            )));
+        }
+        let placed = |version: i64| {
+            let dest = models.join(version.to_string());
+            std::fs::rename(&staging, &dest).map_err(|e| EngineError::io(&dest, e))
+        };
+        let result = self
+            .history
+            .add_model(name, Some(&run), path, &files, placed);
+        if result.is_err() {
+            let _ = std::fs::remove_dir_all(&staging);
+        }
+        Ok((result?, files))
+    }
+
+    /// Every registered version.
+    pub fn list(&self) -> Result<Vec<ModelRecord>, EngineError> {
+        self.history.models()
+    }
+
+    /// Copies `NAME[:VERSION]` (the latest version without one) into `dest`, checking every
+    /// file's SHA-256; returns the version.
+    pub fn download(&self, spec: &str, dest: &Path) -> Result<i64, EngineError> {
+        let (name, version) = match spec.rsplit_once(':') {
+            Some((n, v)) => {
+                let v = v.parse::<i64>().map_err(|_| {
+                    EngineError::Runs(format!("'{spec}': the version after ':' must be a number"))
+                })?;
+                (n, Some(v))
+            }
+            None => (spec, None),
+        };
+        check_name(name).map_err(|why| EngineError::Runs(format!("model name {why}")))?;
+        let Some((version, files)) = self.history.model_files(name, version)? else {
+            return Err(EngineError::Runs(match version {
+                Some(v) => format!("no model {name} version {v} (see `kiln models list`)"),
+                None => format!("no model named {name} (see `kiln models list`)"),
+            }));
+        };
+        let stored = self
+            .history
+            .home()
+            .join("models")
+            .join(name)
+            .join(version.to_string());
+        for file in &files {
+            let rel = inside(&file.path)?;
+            let to = dest.join(&rel);
+            if to.exists() {
+                return Err(EngineError::Runs(format!(
+                    "{} already exists; download into an empty directory",
+                    to.display()
+                )));
+            }
+        }
+        for file in &files {
+            let rel = inside(&file.path)?;
+            let to = dest.join(&rel);
+            if let Some(parent) = to.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| EngineError::io(parent, e))?;
+            }
+            let (size, sha) = copy_hashed(&stored.join(&rel), &to)?;
+            if sha != file.sha256 || size != file.size {
+                let _ = std::fs::remove_file(&to);
+                return Err(EngineError::Runs(format!(
+                    "model {name}:{version} file {} is corrupt in the registry: sha256 {sha}, \
+                     recorded {}",
+                    file.path, file.sha256
+                )));
+            }
+        }
+        Ok(version)
+    }
+}
+
+/// `path` as a relative path that stays inside its root (no `..`, no absolute paths).
+pub fn inside(path: &str) -> Result<PathBuf, EngineError> {
+    let p = Path::new(path);
+    let ok = !path.is_empty()
+        && p.components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
+    if !ok {
+        return Err(EngineError::Runs(format!(
+            "'{path}' must be a relative path inside the run (no '..', not absolute)"
+        )));
+    }
+    Ok(p.components()
+        .filter(|c| matches!(c, Component::Normal(_)))
+        .collect())
+}
+
+/// Copies a file or directory tree, recording each file's path, size and SHA-256.
+fn copy_tree(
+    from: &Path,
+    to: &Path,
+    rel: &Path,
+    files: &mut Vec<ModelFile>,
+) -> Result<(), EngineError> {
+    let meta = std::fs::metadata(from).map_err(|e| EngineError::io(from, e))?;
+    if meta.is_dir() {
+        std::fs::create_dir_all(to.join(rel)).map_err(|e| EngineError::io(to, e))?;
+        let mut entries: Vec<_> = std::fs::read_dir(from)
+            .map_err(|e| EngineError::io(from, e))?
+            .flatten()
+            .collect();
+        entries.sort_by_key(|e| e.file_name());
+        for entry in entries {
+            copy_tree(&entry.path(), to, &rel.join(entry.file_name()), files)?;
+        }
+        return Ok(());
+    }
+    let rel = if rel.as_os_str().is_empty() {
+        PathBuf::from(from.file_name().unwrap_or_default())
+    } else {
+        rel.to_path_buf()
+    };
+    let dest = to.join(&rel);
+    if let Some(parent) = dest.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| EngineError::io(parent, e))?;
+    }
+    let (size, sha256) = copy_hashed(from, &dest)?;
+    files.push(ModelFile {
+        path: rel.to_string_lossy().into_owned(),
+        size,
+        sha256,
+    });
+    Ok(())
+}
+
+/// Copies one file, hashing as it goes; returns its size and lowercase hex SHA-256.
+pub fn copy_hashed(from: &Path, to: &Path) -> Result<(u64, String), EngineError> {
+    let mut input = std::fs::File::open(from).map_err(|e| EngineError::io(from, e))?;
+    let mut output = std::fs::File::create(to).map_err(|e| EngineError::io(to, e))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = input.read(&mut buf).map_err(|e| EngineError::io(from, e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        output
+            .write_all(&buf[..n])
+            .map_err(|e| EngineError::io(to, e))?;
+        size += n as u64;
+    }
+    output.sync_all().map_err(|e| EngineError::io(to, e))?;
+    let sha = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Ok((size, sha))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_stay_inside() {
+        assert_eq!(
+            inside("outputs/model").unwrap(),
+            PathBuf::from("outputs/model")
+        );
+        assert_eq!(inside("./outputs").unwrap(), PathBuf::from("outputs"));
+        for bad in ["../x", "/etc/passwd", "outputs/../../x", ""] {
+            assert!(inside(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,657 @@
+//! A run's life. [`prepare`] records it (`Queued`), snapshots the source (`Preparing`) and
+//! writes what the command needs; [`execute`] starts the program (`Running`) with the snapshot
+//! as its working directory, streams its output to the terminal and `logs/output.log`, ingests
+//! `logs/metrics.jsonl` as it grows, stops it when canceled, and records exit code, duration and
+//! artifacts (`Finalizing`, then `Completed`, `Failed` or `Canceled`).
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::error::EngineError;
+use crate::job::{ComputeTarget, JobSpec};
+use crate::runs::command::{self, Launch, RunPaths};
+use crate::runs::history::{Metric, NewRun, RunHistory};
+use crate::runs::{LOCK_FILE, RunStatus, SubmitterLock, snapshot};
+
+/// How long a canceled program has to exit after SIGTERM before it gets SIGKILL.
+const KILL_GRACE: Duration = Duration::from_secs(10);
+
+/// Set by SIGINT/SIGTERM while a run executes: stop the program and mark the run canceled.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunOutcome {
+    /// The run's id.
+    pub id: String,
+    /// Its final state.
+    pub status: RunStatus,
+    /// The program's exit code (128 + signal when a signal ended it).
+    pub exit_code: Option<i64>,
+    /// Seconds the program ran.
+    pub seconds: f64,
+    /// Metric values ingested.
+    pub metrics: usize,
+}
+
+/// Records a new run of `job`, snapshots its source and writes its files. Returns the run's
+/// paths and the submitter lock, which the caller holds until [`execute`] takes over.
+pub fn prepare(
+    history: &mut RunHistory,
+    job: &JobSpec,
+) -> Result<(RunPaths, SubmitterLock), EngineError> {
+    let json = serde_json::to_string(job).expect("a job serialises");
+    let target = serde_json::to_value(job.compute_target).expect("a target serialises");
+    let id = history.create_run(&NewRun {
+        name: &job.name,
+        experiment: &job.experiment,
+        compute_target: target.as_str().unwrap_or("local"),
+        job: &json,
+    })?;
+    let paths = RunPaths::new(history.home(), &id);
+    let lock = (|| {
+        for dir in [&paths.dir, &paths.outputs, &paths.logs] {
+            std::fs::create_dir_all(dir).map_err(|e| EngineError::io(dir, e))?;
+        }
+        let lock_path = paths.dir.join(LOCK_FILE);
+        SubmitterLock::acquire(&lock_path).map_err(|e| EngineError::io(&lock_path, e))
+    })();
+    let lock = match lock {
+        Ok(lock) => lock,
+        Err(e) => {
+            history.finish(&id, RunStatus::Failed, None, Some(&e.to_string()))?;
+            return Err(e);
+        }
+    };
+    history.set_status(&id, RunStatus::Preparing)?;
+    if let Err(e) = write_run_files(history, job, &paths) {
+        history.finish(&id, RunStatus::Failed, None, Some(&e.to_string()))?;
+        return Err(e);
+    }
+    Ok((paths, lock))
+}
+
+fn write_run_files(
+    history: &RunHistory,
+    job: &JobSpec,
+    paths: &RunPaths,
+) -> Result<(), EngineError> {
+    let write =
+        |path: &Path, text: &str| std::fs::write(path, text).map_err(|e| EngineError::io(path, e));
+    match &job.source_directory {
+        Some(source) => {
+            if let Some((commit, dirty)) = snapshot::git_state(source) {
+                history.set_git(&paths.id, &commit, dirty)?;
+            }
+            snapshot::snapshot(source, &paths.snapshot, snapshot::limit_bytes())?;
+        }
+        None => std::fs::create_dir_all(&paths.snapshot)
+            .map_err(|e| EngineError::io(&paths.snapshot, e))?,
+    }
+    for name in ["outputs", "logs"] {
+        let link = paths.snapshot.join(name);
+        std::os::unix::fs::symlink(Path::new("..").join(name), &link)
+            .map_err(|e| EngineError::io(&link, e))?;
+    }
+    write(
+        &paths.dir.join("job.json"),
+        &serde_json::to_string_pretty(job).expect("serialises"),
+    )?;
+    if job.entry_script.is_none() {
+        write(&paths.train_job(), &job.train_job_toml())?;
+    }
+    if job.compute_target == ComputeTarget::Mpi && !job.hosts.is_empty() {
+        write(&paths.dir.join("hostfile"), &command::hostfile(job))?;
+    }
+    Ok(())
+}
+
+/// Runs prepared run `id` to its end. `kiln` is the executable for built-in training and the
+/// launcher; `echo` streams the program's output to this process's stdout and stderr.
+pub fn execute(
+    history: &mut RunHistory,
+    id: &str,
+    kiln: &Path,
+    echo: bool,
+) -> Result<RunOutcome, EngineError> {
+    let record = history.run(id)?;
+    let paths = RunPaths::new(history.home(), &record.id);
+    let lock_path = paths.dir.join(LOCK_FILE);
+    let _lock = SubmitterLock::acquire(&lock_path).map_err(|e| EngineError::io(&lock_path, e))?;
+    history.set_status(&record.id, RunStatus::Preparing)?;
+    let job: JobSpec = serde_json::from_str(&record.job)
+        .map_err(|e| EngineError::Runs(format!("run {id}: unreadable job: {e}")))?;
+    install_interrupt_handler();
+    let started = Instant::now();
+    let mut ingest = MetricsTail::new(paths.metrics_file());
+    let mut metrics = 0;
+    let ended = if history.cancel_requested(&record.id)? {
+        Ended::canceled()
+    } else {
+        match command::plan(&job, &paths, kiln) {
+            Err(e) => Ended::failed(e.to_string()),
+            Ok(launch) => {
+                let command_line = launch.display();
+                let mut watch =
+                    |history: &mut RunHistory| -> Result<bool, EngineError> {
+                        metrics += history.add_metrics(&paths.id, &ingest.poll())?;
+                        Ok(INTERRUPTED.load(Ordering::SeqCst)
+                            || history.cancel_requested(&paths.id)?)
+                    };
+                match &launch {
+                    Launch::Process { .. } => {
+                        run_process(history, &paths, &launch, &command_line, echo, &mut watch)?
+                    }
+                    Launch::Slurm { script } => {
+                        run_slurm(history, &paths, script, echo, &mut watch)?
+                    }
+                }
+            }
+        }
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    history.set_status(&paths.id, RunStatus::Finalizing)?;
+    metrics += history.add_metrics(&paths.id, &ingest.poll())?;
+    metrics += history.add_metrics(&paths.id, &ingest.finish())?;
+    if ingest.bad_lines > 0 {
+        append_log(
+            &paths,
+            &format!(
+                "kiln: {} lines of {} were not metric records and were skipped\n",
+                ingest.bad_lines,
+                paths.metrics_file().display()
+            ),
+        );
+    }
+    history.set_artifacts(&paths.id, &artifacts(&paths))?;
+    history.finish(
+        &paths.id,
+        ended.status,
+        ended.exit_code,
+        ended.error.as_deref(),
+    )?;
+    let status = history.run(&paths.id)?.status;
+    Ok(RunOutcome {
+        id: paths.id,
+        status,
+        exit_code: ended.exit_code,
+        seconds,
+        metrics,
+    })
+}
+
+/// The end of the program: state, exit code and why.
+struct Ended {
+    status: RunStatus,
+    exit_code: Option<i64>,
+    error: Option<String>,
+}
+
+impl Ended {
+    fn canceled() -> Self {
+        Self {
+            status: RunStatus::Canceled,
+            exit_code: None,
+            error: Some("canceled".into()),
+        }
+    }
+
+    fn failed(error: String) -> Self {
+        Self {
+            status: RunStatus::Failed,
+            exit_code: None,
+            error: Some(error),
+        }
+    }
+
+    fn from_code(code: i64, signal: Option<i32>, canceled: bool) -> Self {
+        if canceled {
+            return Self {
+                exit_code: Some(code),
+                ..Self::canceled()
+            };
+        }
+        match (code, signal) {
+            (0, _) => Self {
+                status: RunStatus::Completed,
+                exit_code: Some(0),
+                error: None,
+            },
+            (_, Some(sig)) => Self {
+                status: RunStatus::Failed,
+                exit_code: Some(code),
+                error: Some(format!("the program was killed by signal {sig}")),
+            },
+            _ => Self {
+                status: RunStatus::Failed,
+                exit_code: Some(code),
+                error: Some(format!("the program exited with code {code}")),
+            },
+        }
+    }
+}
+
+type Watch<'a> = dyn FnMut(&mut RunHistory) -> Result<bool, EngineError> + 'a;
+
+fn run_process(
+    history: &mut RunHistory,
+    paths: &RunPaths,
+    launch: &Launch,
+    command_line: &str,
+    echo: bool,
+    watch: &mut Watch,
+) -> Result<Ended, EngineError> {
+    let Launch::Process { program, args, env } = launch else {
+        unreachable!("run_process gets a process");
+    };
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .current_dir(&paths.snapshot)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    if program.as_os_str() == "mpirun" && unsafe { libc::geteuid() } == 0 {
+        // Open MPI refuses root unless asked twice; containers often run as root.
+        cmd.env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+            .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
+    }
+    // SAFETY: prctl is async-signal-safe; the program dies with its submitter.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+    let mut child = match cmd.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            let why = format!("cannot start {}: {e}", program.display());
+            append_log(paths, &format!("kiln: {why}\n"));
+            return Ok(Ended::failed(why));
+        }
+    };
+    let pgid = child.id() as i64;
+    history.set_running(&paths.id, command_line, Some(pgid), None)?;
+    let log = open_log(paths)?;
+    let pumps = [
+        pump(
+            child.stdout.take(),
+            log.clone(),
+            echo.then(|| Box::new(std::io::stdout()) as Box<dyn Write + Send>),
+        ),
+        pump(
+            child.stderr.take(),
+            log,
+            echo.then(|| Box::new(std::io::stderr()) as Box<dyn Write + Send>),
+        ),
+    ];
+    let mut canceled_at: Option<Instant> = None;
+    let status = loop {
+        if let Some(status) = child
+            .try_wait()
+            .map_err(|e| EngineError::Runs(e.to_string()))?
+        {
+            break status;
+        }
+        if watch(history)? {
+            let first = *canceled_at.get_or_insert_with(Instant::now);
+            let signal = if first.elapsed() > KILL_GRACE {
+                libc::SIGKILL
+            } else {
+                libc::SIGTERM
+            };
+            // SAFETY: signals the run's own process group.
+            unsafe { libc::killpg(pgid as i32, signal) };
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    for p in pumps {
+        let _ = p.join();
+    }
+    let code = status
+        .code()
+        .map(i64::from)
+        .or(status.signal().map(|s| 128 + i64::from(s)))
+        .unwrap_or(1);
+    // `kiln runs cancel` signals the group itself: the program may end before the flag is seen.
+    let canceled = canceled_at.is_some() || watch(history)?;
+    Ok(Ended::from_code(code, status.signal(), canceled))
+}
+
+fn run_slurm(
+    history: &mut RunHistory,
+    paths: &RunPaths,
+    script: &str,
+    echo: bool,
+    watch: &mut Watch,
+) -> Result<Ended, EngineError> {
+    let script_path = paths.dir.join("job.sbatch");
+    std::fs::write(&script_path, script).map_err(|e| EngineError::io(&script_path, e))?;
+    let submitted = Command::new("sbatch")
+        .arg("--parsable")
+        .arg(&script_path)
+        .current_dir(&paths.dir)
+        .stdin(Stdio::null())
+        .output();
+    let job_id = match submitted {
+        Err(e) => return Ok(Ended::failed(format!("cannot run sbatch: {e}"))),
+        Ok(o) if !o.status.success() => {
+            return Ok(Ended::failed(format!(
+                "sbatch refused the job: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            )));
+        }
+        Ok(o) => {
+            let out = String::from_utf8_lossy(&o.stdout);
+            out.trim().split(';').next().unwrap_or_default().to_string()
+        }
+    };
+    history.set_running(
+        &paths.id,
+        &format!("sbatch --parsable {}", script_path.display()),
+        None,
+        Some(&job_id),
+    )?;
+    let exit_file = paths.logs.join("exit_code");
+    let mut echoed = 0u64;
+    let mut canceled = false;
+    loop {
+        if echo {
+            echoed = echo_new(&paths.output_log(), echoed);
+        }
+        if let Ok(text) = std::fs::read_to_string(&exit_file) {
+            let code = text.trim().parse::<i64>().unwrap_or(1);
+            if echo {
+                echo_new(&paths.output_log(), echoed);
+            }
+            let canceled = canceled || watch(history)?;
+            return Ok(Ended::from_code(code, None, canceled));
+        }
+        if watch(history)? && !canceled {
+            canceled = true;
+            let _ = Command::new("scancel").arg(&job_id).status();
+        }
+        if canceled {
+            // scancel stops the batch script before it writes an exit code.
+            std::thread::sleep(Duration::from_secs(2));
+            if !exit_file.exists() {
+                return Ok(Ended::canceled());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Prints what was appended to `path` after byte `from`; returns the new end.
+fn echo_new(path: &Path, from: u64) -> u64 {
+    let Ok(mut file) = File::open(path) else {
+        return from;
+    };
+    if file.seek(SeekFrom::Start(from)).is_err() {
+        return from;
+    }
+    let mut bytes = Vec::new();
+    let _ = file.read_to_end(&mut bytes);
+    let _ = std::io::stdout().write_all(&bytes);
+    from + bytes.len() as u64
+}
+
+fn open_log(paths: &RunPaths) -> Result<Arc<Mutex<File>>, EngineError> {
+    let path = paths.output_log();
+    let file = File::options()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(|e| EngineError::io(&path, e))?;
+    Ok(Arc::new(Mutex::new(file)))
+}
+
+fn append_log(paths: &RunPaths, text: &str) {
+    if let Ok(log) = open_log(paths)
+        && let Ok(mut file) = log.lock()
+    {
+        let _ = file.write_all(text.as_bytes());
+    }
+}
+
+/// Copies a child's stream line by line into the run's log and, when echoing, the terminal.
+fn pump(
+    stream: Option<impl Read + Send + 'static>,
+    log: Arc<Mutex<File>>,
+    mut echo: Option<Box<dyn Write + Send>>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let Some(stream) = stream else { return };
+        let mut reader = BufReader::new(stream);
+        let mut line = Vec::new();
+        while reader.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
+            if let Ok(mut file) = log.lock() {
+                let _ = file.write_all(&line);
+            }
+            if let Some(out) = echo.as_mut() {
+                let _ = out.write_all(&line);
+                let _ = out.flush();
+            }
+            line.clear();
+        }
+    })
+}
+
+/// Every file under the run's `outputs/` and `logs/`, relative to the run, with its size.
+fn artifacts(paths: &RunPaths) -> Vec<(String, u64)> {
+    fn walk(root: &Path, rel: &Path, out: &mut Vec<(String, u64)>) {
+        let Ok(entries) = std::fs::read_dir(root.join(rel)) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = rel.join(entry.file_name());
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => walk(root, &path, out),
+                Ok(t) if t.is_file() => {
+                    let size = entry.metadata().map_or(0, |m| m.len());
+                    out.push((path.to_string_lossy().into_owned(), size));
+                }
+                _ => {}
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&paths.dir, Path::new("outputs"), &mut out);
+    walk(&paths.dir, Path::new("logs"), &mut out);
+    out.sort();
+    out
+}
+
+/// Reads complete lines appended to a metrics file since the last poll.
+struct MetricsTail {
+    path: PathBuf,
+    offset: u64,
+    partial: Vec<u8>,
+    bad_lines: usize,
+}
+
+impl MetricsTail {
+    fn new(path: PathBuf) -> Self {
+        Self {
+            path,
+            offset: 0,
+            partial: Vec::new(),
+            bad_lines: 0,
+        }
+    }
+
+    fn poll(&mut self) -> Vec<Metric> {
+        let Ok(mut file) = File::open(&self.path) else {
+            return Vec::new();
+        };
+        if file.seek(SeekFrom::Start(self.offset)).is_err() {
+            return Vec::new();
+        }
+        let mut bytes = std::mem::take(&mut self.partial);
+        let before = bytes.len();
+        if file.read_to_end(&mut bytes).is_err() {
+            self.partial = bytes;
+            return Vec::new();
+        }
+        self.offset += (bytes.len() - before) as u64;
+        let complete = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        self.partial = bytes.split_off(complete);
+        self.parse(&bytes)
+    }
+
+    /// A last line without its newline still counts once the program has ended.
+    fn finish(&mut self) -> Vec<Metric> {
+        let rest = std::mem::take(&mut self.partial);
+        self.parse(&rest)
+    }
+
+    fn parse(&mut self, bytes: &[u8]) -> Vec<Metric> {
+        let mut out = Vec::new();
+        for line in bytes.split(|b| *b == b'\n') {
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            match serde_json::from_slice::<Metric>(line) {
+                Ok(m) => out.push(m),
+                Err(_) => self.bad_lines += 1,
+            }
+        }
+        out
+    }
+}
+
+/// Appends one metric to `$KILN_LOGS/metrics.jsonl` in a single write, so concurrent writers
+/// never interleave within a line (`kiln log-metric`).
+pub fn log_metric(name: &str, value: f64, step: Option<i64>) -> Result<PathBuf, EngineError> {
+    let logs = std::env::var_os("KILN_LOGS")
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| {
+            EngineError::Runs(
+                "KILN_LOGS is not set: kiln log-metric records into a run started by kiln submit"
+                    .into(),
+            )
+        })?;
+    if name.is_empty() {
+        return Err(EngineError::Runs("a metric needs a name".into()));
+    }
+    let path = PathBuf::from(logs).join("metrics.jsonl");
+    let metric = Metric {
+        rank: std::env::var("RANK").ok().and_then(|r| r.parse().ok()),
+        epoch: None,
+        step,
+        split: None,
+        name: name.to_string(),
+        value: value.is_finite().then_some(value),
+        time: Some(super::now()),
+    };
+    let mut line = serde_json::to_string(&metric).expect("a metric serialises");
+    line.push('\n');
+    let mut file = File::options()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(|e| EngineError::io(&path, e))?;
+    file.write_all(line.as_bytes())
+        .map_err(|e| EngineError::io(&path, e))?;
+    Ok(path)
+}
+
+/// Stops run `id`: asks its submitter, signals its process group (or `scancel`s its Slurm job),
+/// and waits until it ends; a run whose submitter is gone is marked `Canceled` here.
+pub fn cancel(history: &RunHistory, id: &str) -> Result<RunStatus, EngineError> {
+    let run = history.run(id)?;
+    if run.status.is_final() {
+        return Err(EngineError::Runs(format!(
+            "run {} already ended ({})",
+            run.id, run.status
+        )));
+    }
+    history.request_cancel(&run.id)?;
+    let here = run.host == crate::dist::wire::hostname();
+    let signal = |sig: i32| {
+        let Some(pg) = history.run(&run.id).ok().and_then(|r| r.process_group) else {
+            return;
+        };
+        if here && pg > 1 {
+            // SAFETY: signals the run's process group, recorded when it started.
+            unsafe { libc::killpg(pg as i32, sig) };
+        }
+    };
+    if let Some(job) = &run.scheduler_id {
+        let _ = Command::new("scancel").arg(job).status();
+    }
+    signal(libc::SIGTERM);
+    let start = Instant::now();
+    let mut killed = false;
+    while start.elapsed() < KILL_GRACE + Duration::from_secs(5) {
+        let now = history.run(&run.id)?;
+        if now.status.is_final() {
+            return Ok(now.status);
+        }
+        if !killed && start.elapsed() > KILL_GRACE {
+            signal(libc::SIGKILL);
+            killed = true;
+        }
+        if !SubmitterLock::is_held(&super::run_dir(history.home(), &run.id).join(LOCK_FILE))
+            && start.elapsed() > Duration::from_secs(1)
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    history.finish(&run.id, RunStatus::Canceled, None, Some("canceled"))?;
+    Ok(history.run(&run.id)?.status)
+}
+
+extern "C" fn on_interrupt(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+fn install_interrupt_handler() {
+    // SAFETY: the handler only stores to an atomic.
+    unsafe {
+        libc::signal(
+            libc::SIGINT,
+            on_interrupt as *const () as libc::sighandler_t,
+        );
+        libc::signal(
+            libc::SIGTERM,
+            on_interrupt as *const () as libc::sighandler_t,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_tail_keeps_partial_lines_for_later() {
+        let dir = std::env::temp_dir().join(format!("kiln-tail-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("metrics.jsonl");
+        std::fs::write(&path, "{\"name\":\"a\",\"value\":1}\n{\"name\":\"b\",").unwrap();
+        let mut tail = MetricsTail::new(path.clone());
+        let first = tail.poll();
+        assert_eq!(first.len(), 1);
+        let mut f = File::options().append(true).open(&path).unwrap();
+        f.write_all(b"\"value\":2,\"step\":7}\nnot json\n{\"name\":\"c\",\"value\":null}")
+            .unwrap();
+        let second = tail.poll();
+        assert_eq!(second.len(), 1);
+        assert_eq!((second[0].name.as_str(), second[0].step), ("b", Some(7)));
+        assert_eq!(tail.bad_lines, 1);
+        let last = tail.finish();
+        assert_eq!(last[0].name, "c");
+        assert_eq!(last[0].value, None);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
