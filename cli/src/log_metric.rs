@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Args;
-use kiln_engine::runs::submit;
+use kiln_engine::runs::ingest;
 
 /// Arguments of `kiln log-metric`.
 #[derive(Args, Debug)]
@@ -22,6 +22,6 @@ pub struct LogMetricArgs {
 
 /// Runs `kiln log-metric`.
 pub fn run(args: LogMetricArgs) -> Result<ExitCode> {
-    submit::log_metric(&args.name, args.value, args.step)?;
+    ingest::log_metric(&args.name, args.value, args.step)?;
     Ok(ExitCode::SUCCESS)
 }

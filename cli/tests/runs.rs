@@ -722,3 +722,29 @@ fn job_file_errors_name_the_line_and_key() {
     assert!(!o.status.success() && text(&o).contains("KILN_LOGS"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn logs_follow_a_detached_run_to_its_end() {
+    let dir = tmp("follow");
+    let home = dir.join("home");
+    script_project(
+        &dir,
+        "#!/bin/bash\nfor i in 1 2 3; do echo \"line $i\"; sleep 0.3; done\necho last\n",
+    );
+    let job = dir.join("job.toml");
+    write(
+        &job,
+        "source_directory = \"project\"\nentry_script = \"run.sh\"\n",
+    );
+    let o = kiln(&home, &["submit", job.to_str().unwrap(), "--detach"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let id = run_id(&text(&o));
+    let followed = kiln(&home, &["runs", "logs", &id, "--follow"]);
+    let log = text(&followed);
+    assert!(log.contains("line 1") && log.ends_with("last\n"), "{log}");
+    assert_eq!(
+        json(&home, &["runs", "show", &id, "--json"])["status"],
+        "Completed"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

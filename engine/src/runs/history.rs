@@ -5,75 +5,12 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 
 use crate::error::EngineError;
+use crate::runs::schema::MIGRATIONS;
 use crate::runs::{RunStatus, now};
-
-/// Migrations in order; `PRAGMA user_version` says how many have run.
-const MIGRATIONS: [&str; 1] = [r#"
-CREATE TABLE experiments (
-    id INTEGER PRIMARY KEY,
-    name TEXT NOT NULL UNIQUE,
-    created REAL NOT NULL
-);
-CREATE TABLE runs (
-    id TEXT PRIMARY KEY,
-    name TEXT NOT NULL,
-    experiment_id INTEGER NOT NULL REFERENCES experiments(id),
-    status TEXT NOT NULL,
-    created REAL NOT NULL,
-    updated REAL NOT NULL,
-    started REAL,
-    ended REAL,
-    exit_code INTEGER,
-    error TEXT,
-    host TEXT NOT NULL,
-    submitter_pid INTEGER,
-    process_group INTEGER,
-    scheduler_id TEXT,
-    compute_target TEXT NOT NULL,
-    command TEXT,
-    git_commit TEXT,
-    git_dirty INTEGER,
-    job TEXT NOT NULL,
-    cancel_requested INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE metrics (
-    run_id TEXT NOT NULL REFERENCES runs(id),
-    rank INTEGER,
-    epoch INTEGER,
-    step INTEGER,
-    split TEXT,
-    name TEXT NOT NULL,
-    value REAL,
-    time REAL NOT NULL
-);
-CREATE INDEX metrics_by_run ON metrics(run_id, name);
-CREATE TABLE artifacts (
-    run_id TEXT NOT NULL REFERENCES runs(id),
-    path TEXT NOT NULL,
-    size INTEGER NOT NULL,
-    PRIMARY KEY (run_id, path)
-);
-CREATE TABLE models (
-    name TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    run_id TEXT REFERENCES runs(id),
-    source_path TEXT NOT NULL,
-    created REAL NOT NULL,
-    PRIMARY KEY (name, version)
-);
-CREATE TABLE model_files (
-    name TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    path TEXT NOT NULL,
-    size INTEGER NOT NULL,
-    sha256 TEXT NOT NULL,
-    PRIMARY KEY (name, version, path)
-);
-"#];
 
 /// One run as the history holds it.
 #[derive(Debug, Clone, Serialize)]
@@ -176,11 +113,11 @@ pub struct NewRun<'a> {
 
 /// The run history database.
 pub struct RunHistory {
-    conn: Connection,
+    pub(super) conn: Connection,
     home: PathBuf,
 }
 
-fn db_error(e: rusqlite::Error) -> EngineError {
+pub(super) fn db_error(e: rusqlite::Error) -> EngineError {
     EngineError::Runs(format!("run history: {e}"))
 }
 
@@ -633,150 +570,77 @@ impl RunHistory {
         }
         Ok(lost)
     }
-
-    /// The next version number of model `name`, and records it with its files, in one
-    /// transaction (so two registrations never get the same version).
-    pub fn add_model(
-        &mut self,
-        name: &str,
-        run_id: Option<&str>,
-        source_path: &str,
-        files: &[ModelFile],
-        place: impl FnOnce(i64) -> Result<(), EngineError>,
-    ) -> Result<i64, EngineError> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db_error)?;
-        let version: i64 = tx
-            .query_row(
-                "SELECT coalesce(max(version), 0) + 1 FROM models WHERE name = ?1",
-                [name],
-                |r| r.get(0),
-            )
-            .map_err(db_error)?;
-        tx.execute(
-            "INSERT INTO models (name, version, run_id, source_path, created)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![name, version, run_id, source_path, now()],
-        )
-        .map_err(db_error)?;
-        for f in files {
-            tx.execute(
-                "INSERT INTO model_files (name, version, path, size, sha256)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![name, version, f.path, f.size as i64, f.sha256],
-            )
-            .map_err(db_error)?;
-        }
-        place(version)?;
-        tx.commit().map_err(db_error)?;
-        Ok(version)
-    }
-
-    /// Registered models, newest version of each name first.
-    pub fn models(&self) -> Result<Vec<ModelRecord>, EngineError> {
-        let mut q = self
-            .conn
-            .prepare(
-                "SELECT m.name, m.version, m.run_id, m.source_path, m.created,
-                    count(f.path), coalesce(sum(f.size), 0)
-                 FROM models m LEFT JOIN model_files f ON f.name = m.name AND f.version = m.version
-                 GROUP BY m.name, m.version ORDER BY m.name, m.version DESC",
-            )
-            .map_err(db_error)?;
-        let rows = q
-            .query_map([], |r| {
-                Ok(ModelRecord {
-                    name: r.get(0)?,
-                    version: r.get(1)?,
-                    run_id: r.get(2)?,
-                    source_path: r.get(3)?,
-                    created: r.get(4)?,
-                    files: r.get::<_, i64>(5)? as usize,
-                    size: r.get::<_, i64>(6)? as u64,
-                })
-            })
-            .map_err(db_error)?;
-        rows.collect::<Result<_, _>>().map_err(db_error)
-    }
-
-    /// The files of one model version (the latest when `version` is `None`).
-    pub fn model_files(
-        &self,
-        name: &str,
-        version: Option<i64>,
-    ) -> Result<Option<(i64, Vec<ModelFile>)>, EngineError> {
-        let version: Option<i64> = match version {
-            Some(v) => self
-                .conn
-                .query_row(
-                    "SELECT version FROM models WHERE name = ?1 AND version = ?2",
-                    params![name, v],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(db_error)?,
-            None => self
-                .conn
-                .query_row(
-                    "SELECT max(version) FROM models WHERE name = ?1",
-                    [name],
-                    |r| r.get(0),
-                )
-                .map_err(db_error)?,
-        };
-        let Some(version) = version else {
-            return Ok(None);
-        };
-        let mut q = self
-            .conn
-            .prepare(
-                "SELECT path, size, sha256 FROM model_files WHERE name = ?1 AND version = ?2
-                 ORDER BY path",
-            )
-            .map_err(db_error)?;
-        let files = q
-            .query_map(params![name, version], |r| {
-                Ok(ModelFile {
-                    path: r.get(0)?,
-                    size: r.get::<_, i64>(1)? as u64,
-                    sha256: r.get(2)?,
-                })
-            })
-            .map_err(db_error)?
-            .collect::<Result<_, _>>()
-            .map_err(db_error)?;
-        Ok(Some((version, files)))
-    }
 }
 
-/// One file of a registered model.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ModelFile {
-    /// Path inside the model, `/`-separated.
-    pub path: String,
-    /// Bytes.
-    pub size: u64,
-    /// Lowercase hex SHA-256.
-    pub sha256: String,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// One registered model version.
-#[derive(Debug, Clone, Serialize)]
-pub struct ModelRecord {
-    /// The model's name.
-    pub name: String,
-    /// Its version, from 1.
-    pub version: i64,
-    /// The run it came from.
-    pub run_id: Option<String>,
-    /// The path inside the run it was copied from.
-    pub source_path: String,
-    /// Seconds since the Unix epoch.
-    pub created: f64,
-    /// How many files.
-    pub files: usize,
-    /// Bytes in all.
-    pub size: u64,
+    fn home(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("kiln-history-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn migrates_once_and_refuses_a_newer_schema() {
+        let dir = home("schema");
+        let history = RunHistory::open(&dir).unwrap();
+        assert_eq!(history.schema_version().unwrap(), MIGRATIONS.len());
+        drop(history);
+        assert_eq!(
+            RunHistory::open(&dir).unwrap().schema_version().unwrap(),
+            MIGRATIONS.len(),
+            "reopening runs no migration twice"
+        );
+        let conn = Connection::open(dir.join("kiln.db")).unwrap();
+        conn.pragma_update(None, "user_version", 99i64).unwrap();
+        drop(conn);
+        let e = RunHistory::open(&dir).err().unwrap().to_string();
+        assert!(e.contains("schema version 99"), "{e}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn runs_move_forward_and_never_leave_a_final_state() {
+        let dir = home("status");
+        let mut history = RunHistory::open(&dir).unwrap();
+        let new = NewRun {
+            name: "n",
+            experiment: "e",
+            compute_target: "local",
+            job: "{}",
+        };
+        let id = history.create_run(&new).unwrap();
+        assert_eq!(history.resolve(&id[..4]).unwrap(), id);
+        assert!(history.set_status(&id, RunStatus::Running).unwrap());
+        let m = |v: f64| Metric {
+            rank: Some(0),
+            epoch: Some(1),
+            step: None,
+            split: Some("val".into()),
+            name: "acc".into(),
+            value: Some(v),
+            time: None,
+        };
+        history.add_metrics(&id, &[m(0.5), m(0.75)]).unwrap();
+        assert_eq!(
+            history.last_metrics(&id).unwrap(),
+            [("val/acc".into(), 0.75)]
+        );
+        assert!(
+            history
+                .finish(&id, RunStatus::Completed, Some(0), None)
+                .unwrap()
+        );
+        assert!(
+            !history
+                .finish(&id, RunStatus::Failed, Some(1), None)
+                .unwrap()
+        );
+        assert!(!history.set_status(&id, RunStatus::Running).unwrap());
+        let run = history.run(&id).unwrap();
+        assert_eq!((run.status, run.exit_code), (RunStatus::Completed, Some(0)));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }

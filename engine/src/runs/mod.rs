@@ -6,6 +6,7 @@
 //! - [`command`]: the command line a job runs as (local, `mpirun`, an `sbatch` script).
 //! - [`submit`]: a run's life, `Queued -> Preparing -> Running -> Finalizing -> Completed |
 //!   Failed | Canceled`, with logs streamed and metrics ingested while it goes; cancel.
+//! - [`ingest`]: metrics read from `logs/metrics.jsonl` as programs append them.
 //! - [`registry`]: [`ModelRegistry`], versioned model files with SHA-256.
 //!
 //! A run lives in `$KILN_HOME/runs/<id>/`: `snapshot/` (the working directory, with `outputs`
@@ -13,7 +14,9 @@
 
 pub mod command;
 pub mod history;
+pub mod ingest;
 pub mod registry;
+mod schema;
 pub mod snapshot;
 pub mod submit;
 

@@ -9,8 +9,11 @@ use sha2::{Digest, Sha256};
 
 use crate::error::EngineError;
 use crate::job::check_name;
-use crate::runs::RunHistory;
-use crate::runs::history::{ModelFile, ModelRecord};
+use rusqlite::{OptionalExtension, TransactionBehavior, params};
+use serde::Serialize;
+
+use crate::runs::history::db_error;
+use crate::runs::{RunHistory, now};
 
 /// The model registry over a run history.
 pub struct ModelRegistry<'a> {
@@ -210,6 +213,155 @@ pub fn copy_hashed(from: &Path, to: &Path) -> Result<(u64, String), EngineError>
         .map(|b| format!("{b:02x}"))
         .collect();
     Ok((size, sha))
+}
+
+/// One file of a registered model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ModelFile {
+    /// Path inside the model, `/`-separated.
+    pub path: String,
+    /// Bytes.
+    pub size: u64,
+    /// Lowercase hex SHA-256.
+    pub sha256: String,
+}
+
+/// One registered model version.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelRecord {
+    /// The model's name.
+    pub name: String,
+    /// Its version, from 1.
+    pub version: i64,
+    /// The run it came from.
+    pub run_id: Option<String>,
+    /// The path inside the run it was copied from.
+    pub source_path: String,
+    /// Seconds since the Unix epoch.
+    pub created: f64,
+    /// How many files.
+    pub files: usize,
+    /// Bytes in all.
+    pub size: u64,
+}
+
+/// The registry's tables in the run history.
+impl RunHistory {
+    /// The next version number of model `name`, and records it with its files, in one
+    /// transaction (so two registrations never get the same version).
+    pub fn add_model(
+        &mut self,
+        name: &str,
+        run_id: Option<&str>,
+        source_path: &str,
+        files: &[ModelFile],
+        place: impl FnOnce(i64) -> Result<(), EngineError>,
+    ) -> Result<i64, EngineError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db_error)?;
+        let version: i64 = tx
+            .query_row(
+                "SELECT coalesce(max(version), 0) + 1 FROM models WHERE name = ?1",
+                [name],
+                |r| r.get(0),
+            )
+            .map_err(db_error)?;
+        tx.execute(
+            "INSERT INTO models (name, version, run_id, source_path, created)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![name, version, run_id, source_path, now()],
+        )
+        .map_err(db_error)?;
+        for f in files {
+            tx.execute(
+                "INSERT INTO model_files (name, version, path, size, sha256)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![name, version, f.path, f.size as i64, f.sha256],
+            )
+            .map_err(db_error)?;
+        }
+        place(version)?;
+        tx.commit().map_err(db_error)?;
+        Ok(version)
+    }
+
+    /// Registered models, newest version of each name first.
+    pub fn models(&self) -> Result<Vec<ModelRecord>, EngineError> {
+        let mut q = self
+            .conn
+            .prepare(
+                "SELECT m.name, m.version, m.run_id, m.source_path, m.created,
+                    count(f.path), coalesce(sum(f.size), 0)
+                 FROM models m LEFT JOIN model_files f ON f.name = m.name AND f.version = m.version
+                 GROUP BY m.name, m.version ORDER BY m.name, m.version DESC",
+            )
+            .map_err(db_error)?;
+        let rows = q
+            .query_map([], |r| {
+                Ok(ModelRecord {
+                    name: r.get(0)?,
+                    version: r.get(1)?,
+                    run_id: r.get(2)?,
+                    source_path: r.get(3)?,
+                    created: r.get(4)?,
+                    files: r.get::<_, i64>(5)? as usize,
+                    size: r.get::<_, i64>(6)? as u64,
+                })
+            })
+            .map_err(db_error)?;
+        rows.collect::<Result<_, _>>().map_err(db_error)
+    }
+
+    /// The files of one model version (the latest when `version` is `None`).
+    pub fn model_files(
+        &self,
+        name: &str,
+        version: Option<i64>,
+    ) -> Result<Option<(i64, Vec<ModelFile>)>, EngineError> {
+        let version: Option<i64> = match version {
+            Some(v) => self
+                .conn
+                .query_row(
+                    "SELECT version FROM models WHERE name = ?1 AND version = ?2",
+                    params![name, v],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(db_error)?,
+            None => self
+                .conn
+                .query_row(
+                    "SELECT max(version) FROM models WHERE name = ?1",
+                    [name],
+                    |r| r.get(0),
+                )
+                .map_err(db_error)?,
+        };
+        let Some(version) = version else {
+            return Ok(None);
+        };
+        let mut q = self
+            .conn
+            .prepare(
+                "SELECT path, size, sha256 FROM model_files WHERE name = ?1 AND version = ?2
+                 ORDER BY path",
+            )
+            .map_err(db_error)?;
+        let files = q
+            .query_map(params![name, version], |r| {
+                Ok(ModelFile {
+                    path: r.get(0)?,
+                    size: r.get::<_, i64>(1)? as u64,
+                    sha256: r.get(2)?,
+                })
+            })
+            .map_err(db_error)?
+            .collect::<Result<_, _>>()
+            .map_err(db_error)?;
+        Ok(Some((version, files)))
+    }
 }
 
 #[cfg(test)]

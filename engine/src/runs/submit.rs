@@ -7,7 +7,7 @@
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 use crate::error::EngineError;
 use crate::job::{ComputeTarget, JobSpec};
 use crate::runs::command::{self, Launch, RunPaths};
-use crate::runs::history::{Metric, NewRun, RunHistory};
+use crate::runs::history::{NewRun, RunHistory};
+use crate::runs::ingest::MetricsTail;
 use crate::runs::{LOCK_FILE, RunStatus, SubmitterLock, snapshot};
 
 /// How long a canceled program has to exit after SIGTERM before it gets SIGKILL.
@@ -470,100 +471,6 @@ fn artifacts(paths: &RunPaths) -> Vec<(String, u64)> {
     out
 }
 
-/// Reads complete lines appended to a metrics file since the last poll.
-struct MetricsTail {
-    path: PathBuf,
-    offset: u64,
-    partial: Vec<u8>,
-    bad_lines: usize,
-}
-
-impl MetricsTail {
-    fn new(path: PathBuf) -> Self {
-        Self {
-            path,
-            offset: 0,
-            partial: Vec::new(),
-            bad_lines: 0,
-        }
-    }
-
-    fn poll(&mut self) -> Vec<Metric> {
-        let Ok(mut file) = File::open(&self.path) else {
-            return Vec::new();
-        };
-        if file.seek(SeekFrom::Start(self.offset)).is_err() {
-            return Vec::new();
-        }
-        let mut bytes = std::mem::take(&mut self.partial);
-        let before = bytes.len();
-        if file.read_to_end(&mut bytes).is_err() {
-            self.partial = bytes;
-            return Vec::new();
-        }
-        self.offset += (bytes.len() - before) as u64;
-        let complete = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-        self.partial = bytes.split_off(complete);
-        self.parse(&bytes)
-    }
-
-    /// A last line without its newline still counts once the program has ended.
-    fn finish(&mut self) -> Vec<Metric> {
-        let rest = std::mem::take(&mut self.partial);
-        self.parse(&rest)
-    }
-
-    fn parse(&mut self, bytes: &[u8]) -> Vec<Metric> {
-        let mut out = Vec::new();
-        for line in bytes.split(|b| *b == b'\n') {
-            if line.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
-            match serde_json::from_slice::<Metric>(line) {
-                Ok(m) => out.push(m),
-                Err(_) => self.bad_lines += 1,
-            }
-        }
-        out
-    }
-}
-
-/// Appends one metric to `$KILN_LOGS/metrics.jsonl` in a single write, so concurrent writers
-/// never interleave within a line (`kiln log-metric`).
-pub fn log_metric(name: &str, value: f64, step: Option<i64>) -> Result<PathBuf, EngineError> {
-    let logs = std::env::var_os("KILN_LOGS")
-        .filter(|v| !v.is_empty())
-        .ok_or_else(|| {
-            EngineError::Runs(
-                "KILN_LOGS is not set: kiln log-metric records into a run started by kiln submit"
-                    .into(),
-            )
-        })?;
-    if name.is_empty() {
-        return Err(EngineError::Runs("a metric needs a name".into()));
-    }
-    let path = PathBuf::from(logs).join("metrics.jsonl");
-    let metric = Metric {
-        rank: std::env::var("RANK").ok().and_then(|r| r.parse().ok()),
-        epoch: None,
-        step,
-        split: None,
-        name: name.to_string(),
-        value: value.is_finite().then_some(value),
-        time: Some(super::now()),
-    };
-    let mut line = serde_json::to_string(&metric).expect("a metric serialises");
-    line.push('\n');
-    let mut file = File::options()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .map_err(|e| EngineError::io(&path, e))?;
-    file.write_all(line.as_bytes())
-        .map_err(|e| EngineError::io(&path, e))?;
-    Ok(path)
-}
-
 /// Stops run `id`: asks its submitter, signals its process group (or `scancel`s its Slurm job),
 /// and waits until it ends; a run whose submitter is gone is marked `Canceled` here.
 pub fn cancel(history: &RunHistory, id: &str) -> Result<RunStatus, EngineError> {
@@ -626,32 +533,5 @@ fn install_interrupt_handler() {
             libc::SIGTERM,
             on_interrupt as *const () as libc::sighandler_t,
         );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn metrics_tail_keeps_partial_lines_for_later() {
-        let dir = std::env::temp_dir().join(format!("kiln-tail-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("metrics.jsonl");
-        std::fs::write(&path, "{\"name\":\"a\",\"value\":1}\n{\"name\":\"b\",").unwrap();
-        let mut tail = MetricsTail::new(path.clone());
-        let first = tail.poll();
-        assert_eq!(first.len(), 1);
-        let mut f = File::options().append(true).open(&path).unwrap();
-        f.write_all(b"\"value\":2,\"step\":7}\nnot json\n{\"name\":\"c\",\"value\":null}")
-            .unwrap();
-        let second = tail.poll();
-        assert_eq!(second.len(), 1);
-        assert_eq!((second[0].name.as_str(), second[0].step), ("b", Some(7)));
-        assert_eq!(tail.bad_lines, 1);
-        let last = tail.finish();
-        assert_eq!(last[0].name, "c");
-        assert_eq!(last[0].value, None);
-        std::fs::remove_dir_all(dir).unwrap();
     }
 }
