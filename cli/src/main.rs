@@ -44,7 +44,6 @@ enum Command {
     /// Record a metric into the current run (for scripts run by `kiln submit`).
     LogMetric(log_metric::LogMetricArgs),
     /// Start N local workers of any program with the distributed environment set.
-    #[command(hide = true)]
     Launch(launch::LaunchArgs),
     /// Import datasets into image folders.
     Data(data::DataArgs),

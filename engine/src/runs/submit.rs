@@ -294,25 +294,37 @@ fn run_process(
             echo.then(|| Box::new(std::io::stderr()) as Box<dyn Write + Send>),
         ),
     ];
+    // A waiter thread reports the exit at once; the loop wakes at least every 200 ms to
+    // ingest metrics and look for a cancel.
+    let (exited, exit) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = exited.send(child.wait());
+    });
     let mut canceled_at: Option<Instant> = None;
+    let mut killed = false;
     let status = loop {
-        if let Some(status) = child
-            .try_wait()
-            .map_err(|e| EngineError::Runs(e.to_string()))?
-        {
-            break status;
+        match exit.recv_timeout(Duration::from_millis(200)) {
+            Ok(status) => break status.map_err(|e| EngineError::Runs(e.to_string()))?,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(EngineError::Runs("lost track of the program".into()));
+            }
         }
         if watch(history)? {
-            let first = *canceled_at.get_or_insert_with(Instant::now);
-            let signal = if first.elapsed() > KILL_GRACE {
-                libc::SIGKILL
-            } else {
-                libc::SIGTERM
+            let first = match canceled_at {
+                Some(t) => t,
+                None => {
+                    // SAFETY: signals the run's own process group.
+                    unsafe { libc::killpg(pgid as i32, libc::SIGTERM) };
+                    *canceled_at.insert(Instant::now())
+                }
             };
-            // SAFETY: signals the run's own process group.
-            unsafe { libc::killpg(pgid as i32, signal) };
+            if !killed && first.elapsed() > KILL_GRACE {
+                // SAFETY: as above; the group ignored SIGTERM for the whole grace period.
+                unsafe { libc::killpg(pgid as i32, libc::SIGKILL) };
+                killed = true;
+            }
         }
-        std::thread::sleep(Duration::from_millis(200));
     };
     for p in pumps {
         let _ = p.join();
