@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 use clap::{Args, Subcommand};
 use kiln_engine::runs::command::RunPaths;
-use kiln_engine::runs::registry::inside;
+use kiln_engine::runs::registry::{inside, resolve_in};
 use kiln_engine::runs::{self, RunHistory, RunRecord, submit};
 use kiln_engine::train::curves::{Series, draw_metrics};
 
@@ -90,7 +90,12 @@ pub fn run(args: RunsArgs) -> Result<ExitCode> {
         RunsCommand::Cancel { run } => {
             let status = submit::cancel(&history, &run)?;
             println!("run {}: {status}", history.resolve(&run)?);
-            Ok(ExitCode::SUCCESS)
+            // The run may have ended on its own while the cancel was on its way.
+            Ok(if status == runs::RunStatus::Canceled {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
     }
 }
@@ -314,17 +319,23 @@ fn download(
 ) -> Result<ExitCode> {
     let id = history.resolve(run)?;
     let rel = inside(path)?;
-    let from = runs::run_dir(history.home(), &id).join(&rel);
-    if !from.exists() {
+    let Some(from) = resolve_in(&runs::run_dir(history.home(), &id), &rel) else {
         bail!("run {id} has no {path}");
-    }
+    };
     let copied = copy_tree(&from, dest)?;
     println!("{copied} files copied from run {id} to {}", dest.display());
     Ok(ExitCode::SUCCESS)
 }
 
+/// Copies plain files and directories; symlinks inside are skipped (they may lead out of the
+/// run) and existing files are never overwritten.
 fn copy_tree(from: &std::path::Path, to: &std::path::Path) -> Result<usize> {
-    if from.is_dir() {
+    let kind = std::fs::symlink_metadata(from)?.file_type();
+    if kind.is_symlink() {
+        eprintln!("warning: skipped symbolic link {}", from.display());
+        return Ok(0);
+    }
+    if kind.is_dir() {
         std::fs::create_dir_all(to)?;
         let mut n = 0;
         for entry in std::fs::read_dir(from)? {
@@ -332,6 +343,9 @@ fn copy_tree(from: &std::path::Path, to: &std::path::Path) -> Result<usize> {
             n += copy_tree(&entry.path(), &to.join(entry.file_name()))?;
         }
         return Ok(n);
+    }
+    if to.exists() {
+        bail!("{} already exists; download into a new path", to.display());
     }
     if let Some(parent) = to.parent() {
         std::fs::create_dir_all(parent)?;

@@ -8,7 +8,7 @@ use std::process::{Command, ExitCode, Stdio};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use kiln_engine::job::JobSpec;
-use kiln_engine::runs::{self, RunHistory, RunStatus, submit};
+use kiln_engine::runs::{self, RunHistory, RunStatus, SubmitterLock, submit};
 
 /// Arguments of `kiln submit`.
 #[derive(Args, Debug)]
@@ -21,6 +21,9 @@ pub struct SubmitArgs {
     /// Internal: run an already prepared run (what `--detach` starts).
     #[arg(long, hide = true)]
     execute: Option<String>,
+    /// Internal: the submitter lock's descriptor, inherited from `--detach`.
+    #[arg(long, hide = true)]
+    lock_fd: Option<i32>,
 }
 
 /// Runs `kiln submit`.
@@ -28,7 +31,12 @@ pub fn run(args: SubmitArgs) -> Result<ExitCode> {
     let kiln = std::env::current_exe().context("cannot find the kiln executable")?;
     let mut history = RunHistory::open(&runs::kiln_home())?;
     if let Some(id) = args.execute {
-        let outcome = submit::execute(&mut history, &id, &kiln, false)?;
+        let lock = args
+            .lock_fd
+            .map(SubmitterLock::inherit)
+            .transpose()
+            .context("the submitter lock was not handed over")?;
+        let outcome = submit::execute(&mut history, &id, &kiln, false, lock)?;
         return Ok(exit_code(outcome.status, outcome.exit_code));
     }
     let Some(job_file) = args.job else {
@@ -45,18 +53,28 @@ pub fn run(args: SubmitArgs) -> Result<ExitCode> {
         paths.dir.display()
     );
     if args.detach {
-        // The worker waits on the lock this process holds until it returns.
+        // The worker inherits the locked descriptor, so the run is never unlocked; its
+        // stderr (errors before the program starts) goes to the run's log.
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(paths.output_log())?;
+        let fd = lock.raw_fd();
         let mut worker = Command::new(&kiln);
         worker
-            .args(["submit", "--execute", &id])
+            .args(["submit", "--execute", &id, "--lock-fd", &fd.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        // SAFETY: setsid is async-signal-safe; the worker leaves this terminal's session.
+            .stderr(log);
+        // SAFETY: setsid and fcntl are async-signal-safe; the worker leaves this terminal's
+        // session and keeps the lock descriptor across exec.
         unsafe {
             use std::os::unix::process::CommandExt;
-            worker.pre_exec(|| {
+            worker.pre_exec(move || {
                 libc::setsid();
+                if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
                 Ok(())
             });
         }
@@ -65,12 +83,10 @@ pub fn run(args: SubmitArgs) -> Result<ExitCode> {
             history.finish(&id, RunStatus::Failed, None, Some(&why))?;
             bail!(why);
         }
-        drop(lock);
         println!("detached; follow it with `kiln runs logs {id} --follow`");
         return Ok(ExitCode::SUCCESS);
     }
-    drop(lock);
-    let outcome = submit::execute(&mut history, &id, &kiln, true)?;
+    let outcome = submit::execute(&mut history, &id, &kiln, true, Some(lock))?;
     let code = outcome
         .exit_code
         .map_or(String::new(), |c| format!(", exit code {c}"));

@@ -145,20 +145,31 @@ fn built_in_training_job_completes_and_its_model_registers() {
         text(&list)
     );
 
-    // Register twice: versions 1 and 2; download keeps every file's sha256.
-    for version in ["1", "2"] {
-        let o = kiln(
-            &home,
-            &["models", "register", "--run", &id, "--name", "fashion-r18"],
-        );
-        assert!(
-            text(&o).contains(&format!("fashion-r18:{version}")),
-            "{}",
-            text(&o)
-        );
-    }
+    // Three registrations at once get versions 1, 2 and 3; download keeps every sha256.
+    let registering: Vec<Child> = (0..3)
+        .map(|_| {
+            Command::new(KILN)
+                .args(["models", "register", "--run", &id, "--name", "fashion-r18"])
+                .env("KILN_HOME", &home)
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut versions: Vec<String> = registering
+        .into_iter()
+        .map(|c| {
+            let o = c.wait_with_output().unwrap();
+            assert!(o.status.success(), "{}", text(&o));
+            let out = text(&o);
+            let after = out.split("fashion-r18:").nth(1).unwrap();
+            after.split(' ').next().unwrap().to_string()
+        })
+        .collect();
+    versions.sort();
+    assert_eq!(versions, ["1", "2", "3"]);
     let models = json(&home, &["models", "list", "--json"]);
-    assert_eq!(models.as_array().unwrap().len(), 2, "{models}");
+    assert_eq!(models.as_array().unwrap().len(), 3, "{models}");
     let dest = dir.join("download");
     let o = kiln(
         &home,
@@ -183,6 +194,24 @@ fn built_in_training_job_completes_and_its_model_registers() {
         &["models", "download", "fashion-r18", dest.to_str().unwrap()],
     );
     assert!(!again.status.success() && text(&again).contains("already exists"));
+    let stored = home.join("models/fashion-r18/2/kiln.json");
+    std::fs::write(&stored, "{}").unwrap();
+    let fresh = dir.join("corrupt");
+    let o = kiln(
+        &home,
+        &[
+            "models",
+            "download",
+            "fashion-r18:2",
+            fresh.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        !o.status.success() && text(&o).contains("corrupt"),
+        "{}",
+        text(&o)
+    );
+    assert!(!fresh.exists(), "nothing is written from a corrupt model");
     for (args, expect) in [
         (
             vec!["models", "register", "--run", &id, "--name", "../x"],
@@ -420,7 +449,7 @@ fn a_killed_submitter_leaves_a_lost_run_not_a_running_one() {
     let home = dir.join("home");
     script_project(
         &dir,
-        "#!/bin/bash\necho $$ > outputs/started\nexec sleep 300\n",
+        "#!/bin/bash\nsleep 300 &\necho \"$$ $!\" > outputs/started\nwait\n",
     );
     let job = dir.join("job.toml");
     write(
@@ -461,9 +490,11 @@ fn a_killed_submitter_leaves_a_lost_run_not_a_running_one() {
     let show = wait_for(&home, &id, |s| s["status"] != "Running");
     assert_eq!(show["status"], "Failed", "{show}");
     assert!(show["error"].as_str().unwrap().contains("lost"), "{show}");
-    let pid = std::fs::read_to_string(&started).unwrap();
-    std::thread::sleep(Duration::from_millis(200));
-    assert!(!alive(pid.trim()), "the program dies with its submitter");
+    let pids = std::fs::read_to_string(&started).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    for pid in pids.split_whitespace() {
+        assert!(!alive(pid), "process {pid} outlived its lost run");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -504,6 +535,8 @@ fn four_concurrent_runs_lose_no_metric() {
     let seconds = start.elapsed().as_secs_f64();
     for id in &ids {
         let o = kiln(&home, &["runs", "metrics", id, "--json"]);
+        let lines = String::from_utf8_lossy(&o.stdout).lines().count();
+        assert_eq!(lines, 10_000, "run {id}: no row lost, none twice");
         let steps: std::collections::BTreeSet<i64> = String::from_utf8_lossy(&o.stdout)
             .lines()
             .map(|l| {
@@ -546,6 +579,7 @@ fn a_two_process_local_job_is_one_run_with_both_ranks() {
         assert!(log.contains(rank), "{rank}: {log}");
     }
     let metrics = text(&kiln(&home, &["runs", "metrics", &id, "--json"]));
+    assert_eq!(metrics.lines().count(), 2, "{metrics}");
     let ranks: std::collections::BTreeSet<i64> = metrics
         .lines()
         .map(|l| {
@@ -691,7 +725,20 @@ fn job_file_errors_name_the_line_and_key() {
             "[train]\nmomentum = 1.5\n",
             "job.toml:2: momentum: 1.5 is out of range",
         ),
-        ("name = \n", "job.toml:1:"),
+        ("name = \n", "job.toml:1: name: "),
+        (
+            "[environment]\nKILN_LOGS = \"/x\"\n",
+            "job.toml:2: environment: KILN_LOGS is set by kiln",
+        ),
+        (
+            "[environment]\n\"A B\" = 1\n",
+            "job.toml:2: environment: 'A B' is not a variable name",
+        ),
+        (
+            "hosts = [\"a\"]\n",
+            "job.toml:1: hosts: a local job runs on this machine",
+        ),
+        ("[train]\ngamma = 0.0\n", "job.toml:2: gamma:"),
     ] {
         let job = dir.join("job.toml");
         write(&job, body);
@@ -713,10 +760,17 @@ fn job_file_errors_name_the_line_and_key() {
         .env("KILN_SNAPSHOT_LIMIT_MB", "0.000005")
         .output()
         .unwrap();
+    assert!(!o.status.success(), "{}", text(&o));
     assert!(
         text(&o).contains("over the") && text(&o).contains(".kilnignore"),
         "{}",
         text(&o)
+    );
+    let runs = json(&home, &["runs", "list", "--json"]);
+    assert_eq!(runs[0]["status"], "Failed", "{runs}");
+    assert!(
+        runs[0]["error"].as_str().unwrap().contains("over the"),
+        "{runs}"
     );
     let o = kiln(&home, &["log-metric", "x", "1"]);
     assert!(!o.status.success() && text(&o).contains("KILN_LOGS"));
@@ -742,6 +796,37 @@ fn logs_follow_a_detached_run_to_its_end() {
     let followed = kiln(&home, &["runs", "logs", &id, "--follow"]);
     let log = text(&followed);
     assert!(log.contains("line 1") && log.ends_with("last\n"), "{log}");
+    assert_eq!(
+        json(&home, &["runs", "show", &id, "--json"])["status"],
+        "Completed"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn what_a_program_leaves_running_ends_with_it() {
+    let dir = tmp("leftover");
+    let home = dir.join("home");
+    script_project(
+        &dir,
+        "#!/bin/bash\nsleep 300 &\necho $! > outputs/bg\necho done\n",
+    );
+    let job = dir.join("job.toml");
+    write(
+        &job,
+        "source_directory = \"project\"\nentry_script = \"run.sh\"\n",
+    );
+    let start = Instant::now();
+    let o = kiln(&home, &["submit", job.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "a background child kept submit waiting"
+    );
+    let id = run_id(&text(&o));
+    let bg = std::fs::read_to_string(home.join("runs").join(&id).join("outputs/bg")).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!alive(bg.trim()), "the background sleep outlived its run");
     assert_eq!(
         json(&home, &["runs", "show", &id, "--json"])["status"],
         "Completed"

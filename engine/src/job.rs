@@ -99,7 +99,8 @@ pub struct JobSpec {
     pub distributed_backend: DistributedBackend,
     /// Machines for `mpi` (and Slurm node hints); empty means this machine.
     pub hosts: Vec<String>,
-    /// Ask for a GPU (Slurm `--gpus-per-node`, the trainer's device `auto`).
+    /// Ask Slurm for a GPU per worker (`--gpus-per-node`); the built-in trainer's device is
+    /// `[train] device`.
     pub use_gpu: bool,
     /// kiln's trainer options (when `entry_script` is absent), data paths absolute.
     pub train: TrainConfig,
@@ -133,6 +134,12 @@ impl JobSpec {
         let name = match file.name {
             Some(n) if n.trim().is_empty() => {
                 return Err(err(line("", "name"), "name: must not be empty".into()));
+            }
+            Some(n) if n.chars().any(char::is_control) || n.len() > 256 => {
+                return Err(err(
+                    line("", "name"),
+                    "name: at most 256 characters, no control characters".into(),
+                ));
             }
             Some(n) => n,
             None => path
@@ -234,6 +241,20 @@ impl JobSpec {
                 ),
             ));
         }
+        if compute_target == ComputeTarget::Local && !file.hosts.is_empty() {
+            return Err(err(
+                line("", "hosts"),
+                "hosts: a local job runs on this machine; hosts are for compute_target = \"mpi\" \
+                 or \"slurm\""
+                    .into(),
+            ));
+        }
+        if let Some(bad) = file.hosts.iter().find(|h| !valid_host(h)) {
+            return Err(err(
+                line("", "hosts"),
+                format!("hosts: '{bad}' is not a host name or address"),
+            ));
+        }
         if compute_target == ComputeTarget::Mpi && !file.hosts.is_empty() {
             if file.hosts.len() < node_count {
                 return Err(err(
@@ -242,12 +263,6 @@ impl JobSpec {
                         "hosts: {} listed for node_count = {node_count}",
                         file.hosts.len()
                     ),
-                ));
-            }
-            if let Some(bad) = file.hosts.iter().find(|h| !valid_host(h)) {
-                return Err(err(
-                    line("", "hosts"),
-                    format!("hosts: '{bad}' is not a host name or address"),
                 ));
             }
         }
@@ -281,10 +296,24 @@ impl JobSpec {
                     ));
                 }
             };
-            if key.is_empty() || key.contains('=') || key.starts_with("KILN_RUN") {
+            let well_formed = key.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !well_formed {
                 return Err(err(
                     line("environment", &key),
-                    format!("environment: '{key}' cannot be set by a job"),
+                    format!("environment: '{key}' is not a variable name (letters, digits, '_')"),
+                ));
+            }
+            if RESERVED_ENV.contains(&key.as_str()) {
+                return Err(err(
+                    line("environment", &key),
+                    format!("environment: {key} is set by kiln for every run"),
+                ));
+            }
+            if value.contains('\0') {
+                return Err(err(
+                    line("environment", &key),
+                    format!("environment.{key}: the value holds a NUL byte"),
                 ));
             }
             environment.push((key, value));
@@ -338,6 +367,20 @@ impl JobSpec {
         toml::to_string(&Train { train: &self.train }).expect("a train config serialises")
     }
 }
+
+/// Variables kiln sets for a run's processes; a job cannot override them.
+const RESERVED_ENV: [&str; 10] = [
+    "KILN_RUN_ID",
+    "KILN_OUTPUTS",
+    "KILN_LOGS",
+    "KILN_HOME",
+    "KILN_JOB_TOKEN",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+];
 
 /// Experiment and model names: letters, digits, `.`, `_`, `-`; no path tricks.
 pub fn check_name(name: &str) -> Result<(), String> {
@@ -415,6 +458,18 @@ fn check_train(c: &TrainConfig) -> Result<(), (&'static str, String)> {
         return Err((
             "weight_decay",
             format!("weight_decay: {} must be 0 or more", c.weight_decay),
+        ));
+    }
+    if c.step_size == 0 {
+        return Err((
+            "step_size",
+            "step_size: 0 is out of range; expected at least 1".into(),
+        ));
+    }
+    if !(finite(c.gamma) && c.gamma > 0.0) {
+        return Err((
+            "gamma",
+            format!("gamma: {} must be a positive number", c.gamma),
         ));
     }
     if !(finite(c.min_delta) && c.min_delta >= 0.0) {

@@ -176,10 +176,11 @@ pub fn same_token(a: &str, b: &str) -> bool {
 
 /// This machine's name, for messages that name a lost rank.
 pub fn hostname() -> String {
-    std::env::var("HOSTNAME")
+    // The kernel's name (gethostname), not $HOSTNAME, which some shells set and others not.
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
-        .filter(|h| !h.is_empty())
-        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .filter(|h| !h.trim().is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|| "localhost".into())
 }

@@ -249,7 +249,7 @@ fn sbatch_script(
     s += &format!("#SBATCH --chdir={}\n", q(&paths.snapshot));
     s += &format!("#SBATCH --output={}\n", q(&paths.output_log()));
     if job.use_gpu {
-        s += "#SBATCH --gpus-per-node=1\n";
+        s += &format!("#SBATCH --gpus-per-node={}\n", job.process_count_per_node);
     }
     if !job.hosts.is_empty() {
         s += &format!("#SBATCH --nodelist={}\n", job.hosts.join(","));
@@ -388,7 +388,7 @@ mod tests {
         for line in [
             "#SBATCH --nodes=2",
             "#SBATCH --ntasks-per-node=4",
-            "#SBATCH --gpus-per-node=1",
+            "#SBATCH --gpus-per-node=4",
             "#SBATCH --chdir=/home/u/.kiln/runs/abc123/snapshot",
             "export KILN_RUN_ID=abc123",
             "srun /k train --job /home/u/.kiln/runs/abc123/train.toml",

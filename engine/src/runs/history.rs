@@ -543,19 +543,21 @@ impl RunHistory {
         let mut q = self
             .conn
             .prepare(
-                "SELECT id, submitter_pid FROM runs
+                "SELECT id, submitter_pid, process_group FROM runs
                  WHERE status IN ('Queued', 'Preparing', 'Running', 'Finalizing')
                    AND host = ?1 AND updated < ?2",
             )
             .map_err(db_error)?;
         // A grace period covers the hand-over from `kiln submit --detach` to its worker.
-        let candidates: Vec<(String, Option<i64>)> = q
-            .query_map(params![host, now() - 5.0], |r| Ok((r.get(0)?, r.get(1)?)))
+        let candidates: Vec<(String, Option<i64>, Option<i64>)> = q
+            .query_map(params![host, now() - 5.0], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
             .map_err(db_error)?
             .collect::<Result<_, _>>()
             .map_err(db_error)?;
         let mut lost = Vec::new();
-        for (id, pid) in candidates {
+        for (id, pid, group) in candidates {
             let lock = super::run_dir(&self.home, &id).join(super::LOCK_FILE);
             if super::SubmitterLock::is_held(&lock) {
                 continue;
@@ -565,6 +567,9 @@ impl RunHistory {
                 pid.unwrap_or(0)
             );
             if self.finish(&id, RunStatus::Failed, None, Some(&why))? {
+                if let Some(group) = group {
+                    super::stop_orphans(group, &id);
+                }
                 lost.push(id);
             }
         }

@@ -100,13 +100,17 @@ impl std::fmt::Display for RunStatus {
     }
 }
 
-/// `$KILN_HOME`, default `~/.kiln`.
+/// `$KILN_HOME`, default `~/.kiln`, made absolute: programs run in their snapshot directory
+/// and must still find the run's paths.
 pub fn kiln_home() -> PathBuf {
-    if let Some(home) = std::env::var_os("KILN_HOME").filter(|h| !h.is_empty()) {
-        return PathBuf::from(home);
-    }
-    let user_home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
-    user_home.join(".kiln")
+    let home = match std::env::var_os("KILN_HOME").filter(|h| !h.is_empty()) {
+        Some(home) => PathBuf::from(home),
+        None => std::env::var_os("HOME")
+            .filter(|h| !h.is_empty())
+            .map_or_else(|| PathBuf::from("."), PathBuf::from)
+            .join(".kiln"),
+    };
+    std::path::absolute(&home).unwrap_or(home)
 }
 
 /// The directory of run `id`.
@@ -134,6 +138,44 @@ pub fn new_run_id() -> String {
         .collect()
 }
 
+/// Sends SIGTERM to the processes left in process group `pgid` that carry run `id`'s
+/// `KILN_RUN_ID` (checked in `/proc`, so a recycled group id is never hit): what a killed
+/// submitter's program left behind. Returns how many were signalled.
+pub fn stop_orphans(pgid: i64, id: &str) -> usize {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let marker = format!("KILN_RUN_ID={id}");
+    let mut stopped = 0;
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // Fields after the command name (which may hold spaces): state, ppid, pgrp, ...
+        let group = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(2))
+            .and_then(|g| g.parse::<i64>().ok());
+        if group != Some(pgid) {
+            continue;
+        }
+        let ours = std::fs::read(entry.path().join("environ"))
+            .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == marker.as_bytes()));
+        // SAFETY: signals one process of this run, identified by its environment.
+        if ours && unsafe { libc::kill(pid, libc::SIGTERM) } == 0 {
+            stopped += 1;
+        }
+    }
+    stopped
+}
+
 /// An exclusive `flock` on a run's lock file, held while its `kiln submit` lives; the kernel
 /// drops it when the process dies, however it dies.
 pub struct SubmitterLock {
@@ -153,6 +195,29 @@ impl SubmitterLock {
             return Err(std::io::Error::last_os_error());
         }
         Ok(Self { _file: file })
+    }
+
+    /// The lock a parent `kiln submit --detach` handed over as file descriptor `fd`; it is
+    /// marked close-on-exec again so the run's program never holds it.
+    pub fn inherit(fd: i32) -> std::io::Result<Self> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: fcntl on a descriptor number; fails cleanly when it is not open.
+        if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: the descriptor is open (fcntl succeeded) and owned by this process alone.
+        let file = unsafe { File::from_raw_fd(fd) };
+        // Holding it already, this returns at once; it also proves the fd is the lock.
+        // SAFETY: flock on the descriptor just adopted.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Self { _file: file })
+    }
+
+    /// The descriptor, for handing the lock to a child process.
+    pub fn raw_fd(&self) -> i32 {
+        self._file.as_raw_fd()
     }
 
     /// Whether a live process holds the lock at `path`.

@@ -38,13 +38,12 @@ impl<'a> ModelRegistry<'a> {
         let run = self.history.resolve(run)?;
         let rel = inside(path)?;
         let run_dir = super::run_dir(self.history.home(), &run);
-        let source = run_dir.join(&rel);
-        if !source.exists() {
-            return Err(EngineError::Runs(format!(
-                "run {run} has no {path} (looked for {})",
-                source.display()
-            )));
-        }
+        let source = resolve_in(&run_dir, &rel).ok_or_else(|| {
+            EngineError::Runs(format!(
+                "run {run} has no {path} (looked in {})",
+                run_dir.display()
+            ))
+        })?;
         let models = self.history.home().join("models").join(name);
         std::fs::create_dir_all(&models).map_err(|e| EngineError::io(&models, e))?;
         let staging = models.join(format!(".staging-{}", super::new_run_id()));
@@ -63,6 +62,11 @@ impl<'a> ModelRegistry<'a> {
         }
         let placed = |version: i64| {
             let dest = models.join(version.to_string());
+            // The history has no such version: a directory there is what a registration that
+            // died before its commit left behind.
+            if dest.exists() {
+                std::fs::remove_dir_all(&dest).map_err(|e| EngineError::io(&dest, e))?;
+            }
             std::fs::rename(&staging, &dest).map_err(|e| EngineError::io(&dest, e))
         };
         let result = self
@@ -104,8 +108,18 @@ impl<'a> ModelRegistry<'a> {
             .join("models")
             .join(name)
             .join(version.to_string());
+        // Check every stored file before writing anything, so a corrupt model leaves no
+        // half-download behind.
         for file in &files {
             let rel = inside(&file.path)?;
+            let (size, sha) = hash_file(&stored.join(&rel))?;
+            if sha != file.sha256 || size != file.size {
+                return Err(EngineError::Runs(format!(
+                    "model {name}:{version} file {} is corrupt in the registry: sha256 {sha}, \
+                     recorded {}",
+                    file.path, file.sha256
+                )));
+            }
             let to = dest.join(&rel);
             if to.exists() {
                 return Err(EngineError::Runs(format!(
@@ -150,13 +164,28 @@ pub fn inside(path: &str) -> Result<PathBuf, EngineError> {
         .collect())
 }
 
-/// Copies a file or directory tree, recording each file's path, size and SHA-256.
+/// `root/rel` with symlinks resolved, if it exists and stays inside `root`.
+pub fn resolve_in(root: &Path, rel: &Path) -> Option<PathBuf> {
+    let root = root.canonicalize().ok()?;
+    let path = root.join(rel).canonicalize().ok()?;
+    path.starts_with(&root).then_some(path)
+}
+
+/// Copies a file or directory tree, recording each file's path, size and SHA-256; symlinks
+/// inside it are refused (they could lead out of the run, or round in a loop).
 fn copy_tree(
     from: &Path,
     to: &Path,
     rel: &Path,
     files: &mut Vec<ModelFile>,
 ) -> Result<(), EngineError> {
+    let link = std::fs::symlink_metadata(from).map_err(|e| EngineError::io(from, e))?;
+    if link.file_type().is_symlink() {
+        return Err(EngineError::Runs(format!(
+            "{} is a symbolic link; a model holds plain files",
+            from.display()
+        )));
+    }
     let meta = std::fs::metadata(from).map_err(|e| EngineError::io(from, e))?;
     if meta.is_dir() {
         std::fs::create_dir_all(to.join(rel)).map_err(|e| EngineError::io(to, e))?;
@@ -188,6 +217,18 @@ fn copy_tree(
     Ok(())
 }
 
+/// The size and lowercase hex SHA-256 of a file.
+fn hash_file(path: &Path) -> Result<(u64, String), EngineError> {
+    let mut input = std::fs::File::open(path).map_err(|e| EngineError::io(path, e))?;
+    let mut hasher = Sha256::new();
+    let size = std::io::copy(&mut input, &mut hasher).map_err(|e| EngineError::io(path, e))?;
+    Ok((size, hex(&hasher.finalize())))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Copies one file, hashing as it goes; returns its size and lowercase hex SHA-256.
 pub fn copy_hashed(from: &Path, to: &Path) -> Result<(u64, String), EngineError> {
     let mut input = std::fs::File::open(from).map_err(|e| EngineError::io(from, e))?;
@@ -207,12 +248,7 @@ pub fn copy_hashed(from: &Path, to: &Path) -> Result<(u64, String), EngineError>
         size += n as u64;
     }
     output.sync_all().map_err(|e| EngineError::io(to, e))?;
-    let sha = hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    Ok((size, sha))
+    Ok((size, hex(&hasher.finalize())))
 }
 
 /// One file of a registered model.

@@ -114,18 +114,49 @@ fn write_run_files(
 }
 
 /// Runs prepared run `id` to its end. `kiln` is the executable for built-in training and the
-/// launcher; `echo` streams the program's output to this process's stdout and stderr.
+/// launcher; `echo` streams the program's output to this process's stdout and stderr; `lock`
+/// is the submitter lock [`prepare`] took (taken here when `None`). Any error on the way is
+/// recorded as the run's failure.
 pub fn execute(
     history: &mut RunHistory,
     id: &str,
     kiln: &Path,
     echo: bool,
+    lock: Option<SubmitterLock>,
+) -> Result<RunOutcome, EngineError> {
+    let result = execute_locked(history, id, kiln, echo, lock);
+    if let Err(e) = &result
+        && let Ok(id) = history.resolve(id)
+    {
+        history.finish(&id, RunStatus::Failed, None, Some(&e.to_string()))?;
+    }
+    result
+}
+
+fn execute_locked(
+    history: &mut RunHistory,
+    id: &str,
+    kiln: &Path,
+    echo: bool,
+    lock: Option<SubmitterLock>,
 ) -> Result<RunOutcome, EngineError> {
     let record = history.run(id)?;
     let paths = RunPaths::new(history.home(), &record.id);
     let lock_path = paths.dir.join(LOCK_FILE);
-    let _lock = SubmitterLock::acquire(&lock_path).map_err(|e| EngineError::io(&lock_path, e))?;
-    history.set_status(&record.id, RunStatus::Preparing)?;
+    let _lock = match lock {
+        Some(lock) => lock,
+        None => SubmitterLock::acquire(&lock_path).map_err(|e| EngineError::io(&lock_path, e))?,
+    };
+    // Only a prepared run starts, and only once.
+    let current = history.run(&record.id)?.status;
+    if !matches!(current, RunStatus::Queued | RunStatus::Preparing)
+        || !history.set_status(&record.id, RunStatus::Preparing)?
+    {
+        return Err(EngineError::Runs(format!(
+            "run {} is {current}; only a prepared run can start",
+            record.id
+        )));
+    }
     let job: JobSpec = serde_json::from_str(&record.job)
         .map_err(|e| EngineError::Runs(format!("run {id}: unreadable job: {e}")))?;
     install_interrupt_handler();
@@ -264,10 +295,17 @@ fn run_process(
         cmd.env("OMPI_ALLOW_RUN_AS_ROOT", "1")
             .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
     }
-    // SAFETY: prctl is async-signal-safe; the program dies with its submitter.
+    // SAFETY: prctl, getppid and raise are async-signal-safe. The program dies with its
+    // submitter; if the submitter died before prctl ran, the program stops at once.
+    let submitter = std::process::id() as libc::pid_t;
     unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() != submitter {
+                libc::raise(libc::SIGTERM);
+            }
             Ok(())
         });
     }
@@ -326,6 +364,23 @@ fn run_process(
             }
         }
     };
+    // The program is done; whatever it left running in its group (a `sleep &`, a server)
+    // ends with it, so nothing keeps the output pipes open.
+    let mut leftovers = 0;
+    while pumps.iter().any(|p| !p.is_finished()) {
+        let signal = match leftovers {
+            0 => Some(libc::SIGTERM),
+            25 => Some(libc::SIGKILL),
+            _ => None,
+        };
+        if let Some(signal) = signal {
+            // SAFETY: signals the run's own process group; its leader has been reaped, the
+            // group lives on only while members do.
+            unsafe { libc::killpg(pgid as i32, signal) };
+        }
+        leftovers += 1;
+        std::thread::sleep(Duration::from_millis(40));
+    }
     for p in pumps {
         let _ = p.join();
     }
@@ -376,6 +431,8 @@ fn run_slurm(
     let exit_file = paths.logs.join("exit_code");
     let mut echoed = 0u64;
     let mut canceled = false;
+    let mut last_check = Instant::now();
+    let mut gone_since: Option<Instant> = None;
     loop {
         if echo {
             echoed = echo_new(&paths.output_log(), echoed);
@@ -387,6 +444,19 @@ fn run_slurm(
             }
             let canceled = canceled || watch(history)?;
             return Ok(Ended::from_code(code, None, canceled));
+        }
+        if last_check.elapsed() > Duration::from_secs(10) {
+            last_check = Instant::now();
+            // A job killed by its time limit or a node failure never writes its exit code.
+            if slurm_job_gone(&job_id) {
+                let since = *gone_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > Duration::from_secs(20) {
+                    return Ok(Ended::failed(format!(
+                        "Slurm job {job_id} left the queue without an exit code (see sacct -j \
+                         {job_id})"
+                    )));
+                }
+            }
         }
         if watch(history)? && !canceled {
             canceled = true;
@@ -401,6 +471,19 @@ fn run_slurm(
         }
         std::thread::sleep(Duration::from_millis(500));
     }
+}
+
+/// Whether `squeue` runs and no longer lists `job` (false when squeue cannot tell).
+fn slurm_job_gone(job: &str) -> bool {
+    Command::new("squeue")
+        .args(["-h", "-j", job, "-o", "%T"])
+        .output()
+        .is_ok_and(|o| {
+            let listed = !o.stdout.iter().all(u8::is_ascii_whitespace);
+            // squeue forgets finished jobs after a while and then calls the id invalid.
+            let forgotten = String::from_utf8_lossy(&o.stderr).contains("Invalid job id");
+            (o.status.success() && !listed) || forgotten
+        })
 }
 
 /// Prints what was appended to `path` after byte `from`; returns the new end.
@@ -537,13 +620,8 @@ extern "C" fn on_interrupt(_: libc::c_int) {
 fn install_interrupt_handler() {
     // SAFETY: the handler only stores to an atomic.
     unsafe {
-        libc::signal(
-            libc::SIGINT,
-            on_interrupt as *const () as libc::sighandler_t,
-        );
-        libc::signal(
-            libc::SIGTERM,
-            on_interrupt as *const () as libc::sighandler_t,
-        );
+        for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::signal(signal, on_interrupt as *const () as libc::sighandler_t);
+        }
     }
 }
