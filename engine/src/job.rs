@@ -255,16 +255,17 @@ impl JobSpec {
                 format!("hosts: '{bad}' is not a host name or address"),
             ));
         }
-        if compute_target == ComputeTarget::Mpi && !file.hosts.is_empty() {
-            if file.hosts.len() < node_count {
-                return Err(err(
-                    line("", "hosts"),
-                    format!(
-                        "hosts: {} listed for node_count = {node_count}",
-                        file.hosts.len()
-                    ),
-                ));
-            }
+        if compute_target == ComputeTarget::Mpi
+            && !file.hosts.is_empty()
+            && file.hosts.len() < node_count
+        {
+            return Err(err(
+                line("", "hosts"),
+                format!(
+                    "hosts: {} listed for node_count = {node_count}",
+                    file.hosts.len()
+                ),
+            ));
         }
         if compute_target == ComputeTarget::Mpi && file.hosts.is_empty() && node_count > 1 {
             return Err(err(
