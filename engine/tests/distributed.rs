@@ -304,19 +304,29 @@ fn two_ranks_of_batch_8_end_like_one_rank_of_batch_16() {
 #[test]
 #[ignore = "a worker process of a_rank_that_fails_stops_the_others_with_its_error"]
 fn worker_one_rank_fails() {
-    let Some((dir, mut ring)) = join() else {
+    let Some(dir) = std::env::var_os(WORKER_DIR).map(PathBuf::from) else {
         return;
     };
-    let r = ring.rank();
-    if r == 1 {
-        ring.abort("out of disk space (a test)");
-        return;
-    }
-    let mut data = vec![1.0f32; 1000];
-    let err = ring
-        .allreduce(&mut data, ReduceOp::Sum)
-        .expect_err("the allreduce cannot complete without rank 1");
-    std::fs::write(dir.join(format!("rank{r}")), err.to_string()).expect("write result");
+    let info = WorldInfo::from_env().expect("worker environment");
+    let warn: Arc<dyn Fn(&str) + Send + Sync> = Arc::new(|m: &str| eprintln!("{m}"));
+    let r = info.rank;
+    // The others may hear of rank 1's abort while the ring is still forming, or at their first
+    // collective: either way they must stop with its error.
+    let err = match RingAllReduce::join(&info, warn) {
+        Err(e) => e.to_string(),
+        Ok(mut ring) => {
+            if r == 1 {
+                ring.abort("out of disk space (a test)");
+                return;
+            }
+            let mut data = vec![1.0f32; 1000];
+            ring.allreduce(&mut data, ReduceOp::Sum)
+                .expect_err("the allreduce cannot complete without rank 1")
+                .to_string()
+        }
+    };
+    assert_ne!(r, 1, "rank 1 failed to join: {err}");
+    std::fs::write(dir.join(format!("rank{r}")), err).expect("write result");
 }
 
 #[test]

@@ -86,6 +86,20 @@ impl Health {
         self.send_all(&Frame::Abort(reason));
     }
 
+    /// A broken connection: first waits a little (up to 3 s, or the timeout) for the reason a
+    /// peer may be sending on the control channel, which names the real cause, and records
+    /// `reason` only if none comes.
+    pub fn fail_unless_told(&self, reason: String) {
+        let until = Instant::now() + self.timeout.min(Duration::from_secs(3));
+        while Instant::now() < until {
+            if self.failure().is_some() || self.closing.load(Ordering::SeqCst) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.fail(reason);
+    }
+
     /// Marks a clean end: peers closing from now on are not failures.
     pub fn close(&self) {
         if self.closing.swap(true, Ordering::SeqCst) {

@@ -53,7 +53,7 @@ impl RingAllReduce {
         let writer = std::thread::spawn(move || {
             for buf in rx {
                 if let Err(e) = next.write_all(&buf) {
-                    health.fail(format!("lost rank {next_rank} on {next_host}: {e}"));
+                    health.fail_unless_told(format!("lost rank {next_rank} on {next_host}: {e}"));
                     return;
                 }
                 let _ = spent_tx.try_send(buf);
@@ -110,16 +110,9 @@ impl RingAllReduce {
     /// The error for a broken ring: the job's recorded failure if one arrives soon, else the
     /// previous rank, reported to the others.
     fn lost(&self, what: &str) -> EngineError {
-        let until = Instant::now() + self.health.timeout.min(Duration::from_secs(3));
-        while Instant::now() < until {
-            if let Some(reason) = self.health.failure() {
-                return EngineError::Distributed(reason);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
         let prev = (self.rank + self.world_size - 1) % self.world_size;
         let reason = format!("lost rank {prev} on {}: {what}", self.hosts[prev]);
-        self.health.fail(reason);
+        self.health.fail_unless_told(reason);
         EngineError::Distributed(self.health.failure().unwrap_or_default())
     }
 
