@@ -8,7 +8,6 @@ use std::net::TcpStream;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender, channel, sync_channel};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
 
 use crate::dist::env::WorldInfo;
 use crate::dist::rendezvous::{self, Group, Health, Warn};
