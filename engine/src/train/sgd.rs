@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use burn::module::{Module, ModuleMapper, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::{Tensor, TensorData};
+use kiln_kernels::sgd_update::sgd_update;
 use kiln_models::Model;
 
 /// SGD hyper-parameters (PyTorch's names and meaning).
@@ -74,25 +75,27 @@ impl Sgd {
             .collect();
     }
 
+    /// One step of one parameter: kiln's fused kernel on cube devices, the same arithmetic in
+    /// plain burn ops on flex (see `kiln_kernels::sgd_update`).
     fn update(&mut self, path: &str, param: Tensor<1>, grad: Tensor<1>, lr: f64) -> Tensor<1> {
         let c = self.config;
-        let mut g = grad;
-        if c.weight_decay != 0.0 {
-            g = g + param.clone().mul_scalar(c.weight_decay);
-        }
-        if c.momentum != 0.0 {
-            let buf = match self.buffers.remove(path) {
-                Some(buf) => buf.mul_scalar(c.momentum) + g.clone().mul_scalar(1.0 - c.dampening),
-                None => g.clone(),
-            };
-            g = if c.nesterov {
-                g + buf.clone().mul_scalar(c.momentum)
-            } else {
-                buf.clone()
-            };
+        let buf = self.buffers.remove(path);
+        let first_step = buf.is_none();
+        let (param, buf) = sgd_update(
+            param,
+            grad,
+            buf,
+            lr,
+            c.momentum,
+            c.dampening,
+            c.weight_decay,
+            c.nesterov,
+            first_step,
+        );
+        if let Some(buf) = buf {
             self.buffers.insert(path.to_string(), buf);
         }
-        param - g.mul_scalar(lr)
+        param
     }
 }
 

@@ -1,0 +1,349 @@
+//! The fused SGD step as cubecl kernels: one pass reads param, grad (and the momentum buffer)
+//! and writes the new param (and buffer). Outputs overwrite their input buffers when burn says
+//! the buffer is uniquely owned (`can_mut`), the same in-place rule burn's own element-wise
+//! kernels follow; otherwise they go to fresh allocations. Never an extra copy pass.
+//!
+//! Three kernels instead of one with dummy arguments: plain (momentum == 0), first momentum
+//! step (no buffer to read, the buffer is written fresh), and later momentum steps.
+
+use burn::backend::TensorMetadata;
+use burn::backend::cubecl::dtype_to_storage_type;
+use burn_cubecl::{kernel::into_contiguous, ops::numeric::empty_device_dtype, tensor::CubeTensor};
+use cubecl::{
+    calculate_cube_count_elemwise,
+    prelude::*,
+    std::tensor::layout::linear::{LinearView, LinearViewMut},
+};
+
+// ---------------------------------------------------------------------------------------------
+// Kernels. One unit handles one `Vector<F, N>` (N elements). `N` is a launch argument (the
+// `#[cube(launch*)]` macro turns every `N: Size` generic into a leading `usize` argument), `F`
+// is fixed by the trailing `#[define(F)]` dtype argument.
+// ---------------------------------------------------------------------------------------------
+
+#[cube(launch_unchecked, address_type = "dynamic")]
+fn sgd_plain_kernel<F: Float, N: Size>(
+    param: LinearView<'_, Vector<F, N>>,
+    grad: LinearView<'_, Vector<F, N>>,
+    mut param_out: LinearViewMut<'_, Vector<F, N>>,
+    lr: InputScalar,
+    weight_decay: InputScalar,
+    #[comptime] has_weight_decay: bool,
+    #[define(F)] _dtype: ElemType,
+) {
+    if !param_out.is_in_bounds(ABSOLUTE_POS) {
+        terminate!();
+    }
+    let p = param.read(ABSOLUTE_POS);
+    let g = grad.read(ABSOLUTE_POS);
+    let d = if has_weight_decay {
+        g + p * Vector::new(weight_decay.get::<F>())
+    } else {
+        g
+    };
+    param_out.write(ABSOLUTE_POS, p - d * Vector::new(lr.get::<F>()));
+}
+
+#[cube(launch_unchecked, address_type = "dynamic")]
+fn sgd_momentum_first_kernel<F: Float, N: Size>(
+    param: LinearView<'_, Vector<F, N>>,
+    grad: LinearView<'_, Vector<F, N>>,
+    mut param_out: LinearViewMut<'_, Vector<F, N>>,
+    mut buf_out: LinearViewMut<'_, Vector<F, N>>,
+    lr: InputScalar,
+    momentum: InputScalar,
+    weight_decay: InputScalar,
+    #[comptime] has_weight_decay: bool,
+    #[comptime] nesterov: bool,
+    #[define(F)] _dtype: ElemType,
+) {
+    if !param_out.is_in_bounds(ABSOLUTE_POS) {
+        terminate!();
+    }
+    let p = param.read(ABSOLUTE_POS);
+    let g = grad.read(ABSOLUTE_POS);
+    let d = if has_weight_decay {
+        g + p * Vector::new(weight_decay.get::<F>())
+    } else {
+        g
+    };
+    // First step: buf = d (torch clones d into the fresh buffer).
+    let step = if nesterov {
+        d + d * Vector::new(momentum.get::<F>())
+    } else {
+        d
+    };
+    buf_out.write(ABSOLUTE_POS, d);
+    param_out.write(ABSOLUTE_POS, p - step * Vector::new(lr.get::<F>()));
+}
+
+#[cube(launch_unchecked, address_type = "dynamic")]
+fn sgd_momentum_kernel<F: Float, N: Size>(
+    param: LinearView<'_, Vector<F, N>>,
+    grad: LinearView<'_, Vector<F, N>>,
+    buf: LinearView<'_, Vector<F, N>>,
+    mut param_out: LinearViewMut<'_, Vector<F, N>>,
+    mut buf_out: LinearViewMut<'_, Vector<F, N>>,
+    lr: InputScalar,
+    momentum: InputScalar,
+    one_minus_dampening: InputScalar,
+    weight_decay: InputScalar,
+    #[comptime] has_weight_decay: bool,
+    #[comptime] nesterov: bool,
+    #[define(F)] _dtype: ElemType,
+) {
+    if !param_out.is_in_bounds(ABSOLUTE_POS) {
+        terminate!();
+    }
+    let p = param.read(ABSOLUTE_POS);
+    let g = grad.read(ABSOLUTE_POS);
+    let b = buf.read(ABSOLUTE_POS);
+    let m = Vector::new(momentum.get::<F>());
+    let d = if has_weight_decay {
+        g + p * Vector::new(weight_decay.get::<F>())
+    } else {
+        g
+    };
+    // Same order as the reference: buf * momentum + d * (1 - dampening).
+    let b_new = b * m + d * Vector::new(one_minus_dampening.get::<F>());
+    let step = if nesterov { d + b_new * m } else { b_new };
+    // Read everything before writing: the outputs may alias `param` / `buf`.
+    buf_out.write(ABSOLUTE_POS, b_new);
+    param_out.write(ABSOLUTE_POS, p - step * Vector::new(lr.get::<F>()));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Launch helpers.
+// ---------------------------------------------------------------------------------------------
+
+/// Launch geometry shared by the three kernels: every tensor is contiguous with `num_elems`
+/// elements, so one vector size fits all of them.
+struct Geometry {
+    vector_size: usize,
+    cube_dim: CubeDim,
+    cube_count: CubeCount,
+}
+
+fn launch_geometry(reference: &CubeTensor) -> Geometry {
+    let num_elems = reference.meta.num_elements();
+    // `burn_cubecl::ops::max_vector_size` is pub(crate); for contiguous same-length tensors
+    // it reduces to "largest io-optimized size dividing the length".
+    let vector_size = reference
+        .client
+        .io_optimized_vector_sizes(reference.dtype.size())
+        .filter(|&v| num_elems.is_multiple_of(v))
+        .max()
+        .unwrap_or(1);
+    let working_units = num_elems / vector_size;
+    let cube_dim = CubeDim::new(&reference.client, working_units);
+    let cube_count = calculate_cube_count_elemwise(&reference.client, working_units, cube_dim);
+    Geometry {
+        vector_size,
+        cube_dim,
+        cube_count,
+    }
+}
+
+/// `burn_cubecl::kernel::utils::address_type!` is pub(crate); this is its body.
+fn address_type(tensors: &[&CubeTensor]) -> AddressType {
+    tensors
+        .iter()
+        .map(|t| t.required_address_type())
+        .max()
+        .unwrap_or_default()
+}
+
+/// Contiguous (and un-tiled) float input, checked against `param`.
+fn prepare(tensor: CubeTensor, param: &CubeTensor, what: &str) -> CubeTensor {
+    let tensor = into_contiguous(tensor);
+    tensor.assert_is_on_same_device(param);
+    assert_eq!(
+        tensor.shape(),
+        param.shape(),
+        "sgd_update: {what} shape differs from param"
+    );
+    assert_eq!(
+        tensor.dtype, param.dtype,
+        "sgd_update: {what} dtype differs from param"
+    );
+    tensor
+}
+
+/// The tensor a kernel writes: `input` itself when its buffer is uniquely owned (decided by the
+/// caller before any clone), else a fresh allocation of the same shape and dtype.
+fn output_tensor(input: &CubeTensor, in_place: bool) -> CubeTensor {
+    if in_place {
+        input.clone()
+    } else {
+        empty_device_dtype(
+            input.client.clone(),
+            input.device.clone(),
+            input.shape(),
+            input.dtype,
+        )
+    }
+}
+
+/// Writable only if burn holds the sole reference (`can_mut`) and the layout has no overlap.
+fn writable(t: &CubeTensor) -> bool {
+    t.can_mut() && t.is_nonoverlapping()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Entry points, called by the `SgdBackend` impl for `CubeBackend` in mod.rs.
+// ---------------------------------------------------------------------------------------------
+
+/// momentum == 0.
+pub fn sgd_plain(param: CubeTensor, grad: CubeTensor, lr: f64, weight_decay: f64) -> CubeTensor {
+    let param = into_contiguous(param);
+    let grad = prepare(grad, &param, "grad");
+    if param.meta.num_elements() == 0 {
+        return param;
+    }
+    // Decide aliasing before cloning: every clone bumps the handle's reference count.
+    let param_in_place = writable(&param);
+    let param_out = output_tensor(&param, param_in_place);
+
+    let geo = launch_geometry(&param);
+    let addr = address_type(&[&param, &grad, &param_out]);
+    let elem = dtype_to_storage_type(param.dtype);
+    let client = param.client.clone();
+    // Input positions for aliasing: param = 0, grad = 1 (registration order of the inputs).
+    let param_out_arg = if param_in_place {
+        param.as_linear_view_alias(0)
+    } else {
+        param_out.clone().into_linear_view()
+    };
+
+    unsafe {
+        sgd_plain_kernel::launch_unchecked(
+            &client,
+            geo.cube_count,
+            geo.cube_dim,
+            addr,
+            geo.vector_size,
+            param.into_linear_view(),
+            grad.into_linear_view(),
+            param_out_arg,
+            InputScalar::new(lr, elem),
+            InputScalar::new(weight_decay, elem),
+            weight_decay != 0.0,
+            elem,
+        );
+    }
+    param_out
+}
+
+/// momentum != 0, first step: the buffer is created (= d).
+pub fn sgd_momentum_first(
+    param: CubeTensor,
+    grad: CubeTensor,
+    lr: f64,
+    momentum: f64,
+    weight_decay: f64,
+    nesterov: bool,
+) -> (CubeTensor, CubeTensor) {
+    let param = into_contiguous(param);
+    let grad = prepare(grad, &param, "grad");
+    // The new buffer always gets its own allocation (contiguous: 1-D, fresh).
+    let buf_out = output_tensor(&param, false);
+    if param.meta.num_elements() == 0 {
+        return (param, buf_out);
+    }
+    let param_in_place = writable(&param);
+    let param_out = output_tensor(&param, param_in_place);
+
+    let geo = launch_geometry(&param);
+    let addr = address_type(&[&param, &grad, &param_out, &buf_out]);
+    let elem = dtype_to_storage_type(param.dtype);
+    let client = param.client.clone();
+    let param_out_arg = if param_in_place {
+        param.as_linear_view_alias(0)
+    } else {
+        param_out.clone().into_linear_view()
+    };
+
+    unsafe {
+        sgd_momentum_first_kernel::launch_unchecked(
+            &client,
+            geo.cube_count,
+            geo.cube_dim,
+            addr,
+            geo.vector_size,
+            param.into_linear_view(),
+            grad.into_linear_view(),
+            param_out_arg,
+            buf_out.clone().into_linear_view(),
+            InputScalar::new(lr, elem),
+            InputScalar::new(momentum, elem),
+            InputScalar::new(weight_decay, elem),
+            weight_decay != 0.0,
+            nesterov,
+            elem,
+        );
+    }
+    (param_out, buf_out)
+}
+
+/// momentum != 0, later steps: reads and rewrites the buffer.
+#[allow(clippy::too_many_arguments)]
+pub fn sgd_momentum(
+    param: CubeTensor,
+    grad: CubeTensor,
+    buf: CubeTensor,
+    lr: f64,
+    momentum: f64,
+    dampening: f64,
+    weight_decay: f64,
+    nesterov: bool,
+) -> (CubeTensor, CubeTensor) {
+    let param = into_contiguous(param);
+    let grad = prepare(grad, &param, "grad");
+    let buf = prepare(buf, &param, "momentum buffer");
+    if param.meta.num_elements() == 0 {
+        return (param, buf);
+    }
+    let param_in_place = writable(&param);
+    let buf_in_place = writable(&buf);
+    let param_out = output_tensor(&param, param_in_place);
+    let buf_out = output_tensor(&buf, buf_in_place);
+
+    let geo = launch_geometry(&param);
+    let addr = address_type(&[&param, &grad, &buf, &param_out, &buf_out]);
+    let elem = dtype_to_storage_type(param.dtype);
+    let client = param.client.clone();
+    // Input positions: param = 0, grad = 1, buf = 2.
+    let param_out_arg = if param_in_place {
+        param.as_linear_view_alias(0)
+    } else {
+        param_out.clone().into_linear_view()
+    };
+    let buf_out_arg = if buf_in_place {
+        buf.as_linear_view_alias(2)
+    } else {
+        buf_out.clone().into_linear_view()
+    };
+
+    unsafe {
+        sgd_momentum_kernel::launch_unchecked(
+            &client,
+            geo.cube_count,
+            geo.cube_dim,
+            addr,
+            geo.vector_size,
+            param.into_linear_view(),
+            grad.into_linear_view(),
+            buf.into_linear_view(),
+            param_out_arg,
+            buf_out_arg,
+            InputScalar::new(lr, elem),
+            InputScalar::new(momentum, elem),
+            InputScalar::new(1.0 - dampening, elem),
+            InputScalar::new(weight_decay, elem),
+            weight_decay != 0.0,
+            nesterov,
+            elem,
+        );
+    }
+    (param_out, buf_out)
+}
