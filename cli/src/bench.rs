@@ -1,4 +1,4 @@
-//! `kiln bench train | allreduce | data`: kiln's own throughput, as a table or `--json`. The PyTorch peers
+//! `kiln bench train | allreduce | predict | kernels | data`: kiln's own throughput, as a table or `--json`. The PyTorch peers
 //! in `benches/peers/` measure the same work; `benches/compare.sh` runs both.
 
 use std::path::PathBuf;
@@ -86,6 +86,21 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// kiln's fused kernels against their plain-burn references on one device.
+    Kernels {
+        /// cpu, wgpu or cuda.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// MiB of f32 per tensor (default: about resnet18's 11.7M parameters).
+        #[arg(long, default_value_t = 44.6)]
+        size_mb: f64,
+        /// Timed calls (after 2 warm-up ones).
+        #[arg(long, default_value_t = 20)]
+        iters: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// The loader over an image folder: decode, training transform, batching.
     Data {
         /// An image folder (class sub-folders).
@@ -127,6 +142,12 @@ fn peak_rss_mb() -> f64 {
 /// Runs `kiln bench`.
 pub fn run(args: BenchArgs) -> Result<ExitCode> {
     match args.command {
+        BenchCommand::Kernels {
+            device,
+            size_mb,
+            iters,
+            json,
+        } => return crate::bench_kernels::run(&device, size_mb, iters, json),
         BenchCommand::Train {
             arch,
             batch_size,

@@ -2,6 +2,7 @@
 //! arguments and turns errors into exit codes.
 
 mod bench;
+mod bench_kernels;
 mod data;
 mod export;
 mod launch;

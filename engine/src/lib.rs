@@ -22,4 +22,5 @@ pub mod runs;
 pub mod train;
 
 pub use error::EngineError;
+pub use kiln_kernels as kernels;
 pub use kiln_models as models;
