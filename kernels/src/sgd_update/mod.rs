@@ -6,8 +6,6 @@
 //! - `Cube` (wgpu today; cuda/rocm/cpu runtimes too, all one backend type) -> `cube.rs`
 //!   kernels, one pass over param/grad/buf;
 //! - `Flex` -> `reference.rs`, the plain-burn version every device can run.
-//!
-//! Lives at `kernels/src/sgd_update/{mod,reference,cube}.rs`.
 
 pub mod cube;
 pub mod reference;

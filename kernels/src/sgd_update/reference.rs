@@ -1,6 +1,6 @@
 //! The plain-burn SGD step: the semantics the cube kernel must match, and the implementation
-//! every non-cube device (flex) runs. Same operation order as `engine/src/train/sgd.rs::update`
-//! so the two agree bit for bit on flex.
+//! every non-cube device (flex) runs, in the operation order kiln's trainer has always used, so
+//! flex training stays bit for bit what it was.
 
 use burn::tensor::Tensor;
 
