@@ -8,8 +8,8 @@ use std::time::Instant;
 
 use anyhow::Result;
 use burn::tensor::{Device, Distribution, Tensor};
-use kiln_engine::train::trainer::device_by_name;
 use kiln_engine::kernels::sgd_update::{self, is_cube_device, reference};
+use kiln_engine::train::trainer::device_by_name;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);

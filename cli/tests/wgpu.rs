@@ -37,7 +37,15 @@ fn train_on_wgpu_end_to_end() {
     subset(&data.join("val"), &dir.join("data/val"), 2);
     let outputs = dir.join("outputs");
     let o = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(["train", "--device", "wgpu", "--epochs", "2", "--batch-size", "8"])
+        .args([
+            "train",
+            "--device",
+            "wgpu",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "8",
+        ])
         .args(["--image-size", "32", "--workers", "1", "--lr", "0.01"])
         .arg("--data")
         .arg(dir.join("data"))
@@ -60,7 +68,14 @@ fn train_on_wgpu_end_to_end() {
         .filter(|m| m["name"] == "loss")
         .map(|m| m["value"].as_f64().expect("a finite loss"))
         .collect();
-    assert_eq!(losses.len(), 4, "train and val loss for 2 epochs: {metrics}");
-    assert!(losses.iter().all(|l| l.is_finite() && *l > 0.0), "{losses:?}");
+    assert_eq!(
+        losses.len(),
+        4,
+        "train and val loss for 2 epochs: {metrics}"
+    );
+    assert!(
+        losses.iter().all(|l| l.is_finite() && *l > 0.0),
+        "{losses:?}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
