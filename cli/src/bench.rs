@@ -120,7 +120,8 @@ enum BenchCommand {
     },
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+/// The median (the upper one of an even count).
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }

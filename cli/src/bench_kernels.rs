@@ -11,10 +11,7 @@ use burn::tensor::{Device, Distribution, Tensor};
 use kiln_engine::kernels::sgd_update::{self, is_cube_device, reference};
 use kiln_engine::train::trainer::device_by_name;
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-}
+use crate::bench::median;
 
 /// Median seconds of `iters` calls of `step` (after 2 warm-up calls), each synchronised.
 fn time(device: &Device, iters: usize, mut step: impl FnMut()) -> Result<f64> {
@@ -32,46 +29,47 @@ fn time(device: &Device, iters: usize, mut step: impl FnMut()) -> Result<f64> {
     Ok(median(times))
 }
 
+/// The signature `sgd_update` and its reference share.
+type SgdStep = fn(
+    Tensor<1>,
+    Tensor<1>,
+    Option<Tensor<1>>,
+    f64,
+    f64,
+    f64,
+    f64,
+    bool,
+    bool,
+) -> (Tensor<1>, Option<Tensor<1>>);
+
+/// Median seconds of one momentum SGD step over `n` elements. Parameter and buffer are passed
+/// on, so the fused step can update them in place when it holds the only reference.
+fn time_sgd(device: &Device, n: usize, iters: usize, step: SgdStep) -> Result<f64> {
+    let random = || Tensor::<1>::random([n], Distribution::Normal(0.0, 1.0), device);
+    let (mut p, g, mut b) = (random(), random(), Some(random()));
+    time(device, iters, || {
+        let (np, nb) = step(
+            p.clone(),
+            g.clone(),
+            b.take(),
+            0.01,
+            0.9,
+            0.0,
+            1e-4,
+            false,
+            false,
+        );
+        (p, b) = (np, nb);
+    })
+}
+
 /// Runs `kiln bench kernels`.
 pub fn run(device: &str, size_mb: f64, iters: usize, json: bool) -> Result<ExitCode> {
     let name = device;
     let device = device_by_name(device)?;
     let n = ((size_mb * 1048576.0 / 4.0) as usize).max(1);
-    let random = || Tensor::<1>::random([n], Distribution::Normal(0.0, 1.0), &device);
-    let (lr, momentum, dampening, wd) = (0.01, 0.9, 0.0, 1e-4);
-
-    // The fused step updates param and buffer in place when it holds the only reference.
-    let (mut p, g, mut b) = (random(), random(), Some(random()));
-    let fused = time(&device, iters, || {
-        let (np, nb) = sgd_update::sgd_update(
-            p.clone(),
-            g.clone(),
-            b.take(),
-            lr,
-            momentum,
-            dampening,
-            wd,
-            false,
-            false,
-        );
-        (p, b) = (np, nb);
-    })?;
-    drop((p, b));
-    let (mut p, g, mut b) = (random(), random(), Some(random()));
-    let plain = time(&device, iters, || {
-        let (np, nb) = reference::sgd_update(
-            p.clone(),
-            g.clone(),
-            b.take(),
-            lr,
-            momentum,
-            dampening,
-            wd,
-            false,
-            false,
-        );
-        (p, b) = (np, nb);
-    })?;
+    let fused = time_sgd(&device, n, iters, sgd_update::sgd_update)?;
+    let plain = time_sgd(&device, n, iters, reference::sgd_update)?;
     // The fused pass reads param, grad and buffer and writes param and buffer: 5 x 4 bytes.
     let bytes = 5.0 * 4.0 * n as f64;
     let rows = [("sgd_update", fused, plain)];

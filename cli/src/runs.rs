@@ -2,7 +2,7 @@
 //! `--json`. Every command first marks runs whose `kiln submit` was killed as lost.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -276,39 +276,21 @@ fn metrics(history: &RunHistory, run: &str, json: bool, plot: Option<PathBuf>) -
 fn logs(history: &RunHistory, run: &str, follow: bool) -> Result<ExitCode> {
     let id = history.resolve(run)?;
     let path = RunPaths::new(history.home(), &id).output_log();
-    let mut offset = 0u64;
-    let mut out = std::io::stdout();
+    let mut offset = submit::print_appended(&path, 0)?;
+    if !follow {
+        return Ok(ExitCode::SUCCESS);
+    }
     loop {
-        if let Ok(mut file) = std::fs::File::open(&path) {
-            file.seek(SeekFrom::Start(offset))?;
-            let mut bytes = Vec::new();
-            file.read_to_end(&mut bytes)?;
-            offset += bytes.len() as u64;
-            out.write_all(&bytes)?;
-            out.flush()?;
-        }
-        if !follow {
-            break;
-        }
         history.reap_lost()?;
-        if history.run(&id)?.status.is_final() {
-            // One last read: the submitter finishes writing before it records the end.
-            follow_tail(&path, offset)?;
+        let ended = history.run(&id)?.status.is_final();
+        // Read once more after the end: the submitter finishes writing before it records it.
+        offset = submit::print_appended(&path, offset)?;
+        if ended {
             break;
         }
         std::thread::sleep(Duration::from_millis(250));
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn follow_tail(path: &std::path::Path, offset: u64) -> Result<()> {
-    if let Ok(mut file) = std::fs::File::open(path) {
-        file.seek(SeekFrom::Start(offset))?;
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)?;
-        std::io::stdout().write_all(&bytes)?;
-    }
-    Ok(())
 }
 
 fn download(

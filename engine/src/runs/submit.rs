@@ -435,12 +435,12 @@ fn run_slurm(
     let mut gone_since: Option<Instant> = None;
     loop {
         if echo {
-            echoed = echo_new(&paths.output_log(), echoed);
+            echoed = print_appended(&paths.output_log(), echoed).unwrap_or(echoed);
         }
         if let Ok(text) = std::fs::read_to_string(&exit_file) {
             let code = text.trim().parse::<i64>().unwrap_or(1);
             if echo {
-                echo_new(&paths.output_log(), echoed);
+                let _ = print_appended(&paths.output_log(), echoed);
             }
             let canceled = canceled || watch(history)?;
             return Ok(Ended::from_code(code, None, canceled));
@@ -486,18 +486,19 @@ fn slurm_job_gone(job: &str) -> bool {
         })
 }
 
-/// Prints what was appended to `path` after byte `from`; returns the new end.
-fn echo_new(path: &Path, from: u64) -> u64 {
+/// Prints what was appended to `path` after byte `from` to stdout; returns the new end (`from`
+/// while the file does not exist yet). `kiln runs logs --follow` and a Slurm run's echo use it.
+pub fn print_appended(path: &Path, from: u64) -> std::io::Result<u64> {
     let Ok(mut file) = File::open(path) else {
-        return from;
+        return Ok(from);
     };
-    if file.seek(SeekFrom::Start(from)).is_err() {
-        return from;
-    }
+    file.seek(SeekFrom::Start(from))?;
     let mut bytes = Vec::new();
-    let _ = file.read_to_end(&mut bytes);
-    let _ = std::io::stdout().write_all(&bytes);
-    from + bytes.len() as u64
+    file.read_to_end(&mut bytes)?;
+    let mut out = std::io::stdout().lock();
+    out.write_all(&bytes)?;
+    out.flush()?;
+    Ok(from + bytes.len() as u64)
 }
 
 fn open_log(paths: &RunPaths) -> Result<Arc<Mutex<File>>, EngineError> {
