@@ -1,14 +1,16 @@
 //! `kiln bench kernels`: each of kiln's fused kernels against its plain-burn reference on the
 //! chosen device: median time, bytes the fused pass moves, effective GB/s, and the ratio.
-//! On flex both columns run the reference (flex has no cube kernels); on wgpu and cuda the
-//! fused column is the cubecl kernel.
+//! On flex both columns run a plain-burn version (flex has no cube kernels); on wgpu and cuda
+//! the fused column is the cubecl kernel. The cross-entropy reference column is the textbook
+//! composition (log-softmax, gather, burn's autodiff), which is what kiln's loss replaced.
 
 use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Result;
-use burn::tensor::{Device, Distribution, Tensor};
-use kiln_engine::kernels::sgd_update::{self, is_cube_device, reference};
+use burn::tensor::{Device, Distribution, Int, Tensor};
+use kiln_engine::kernels::cross_entropy;
+use kiln_engine::kernels::sgd_update::{self, is_cube_device};
 use kiln_engine::train::trainer::device_by_name;
 
 use crate::bench::median;
@@ -63,49 +65,98 @@ fn time_sgd(device: &Device, n: usize, iters: usize, step: SgdStep) -> Result<f6
     })
 }
 
+/// Median seconds of a training loss step over logits `[n / 1000, 1000]` (ImageNet's classes):
+/// forward, then backward to the logits, through `loss`.
+fn time_cross_entropy(
+    device: &Device,
+    n: usize,
+    iters: usize,
+    loss: fn(Tensor<2>, Tensor<1, Int>, f64) -> Tensor<1>,
+) -> Result<f64> {
+    let (rows, classes) = ((n / 1000).max(1), 1000);
+    let device = device.clone().autodiff();
+    let logits = Tensor::<2>::random([rows, classes], Distribution::Normal(0.0, 4.0), &device);
+    let targets = Tensor::<1, Int>::random([rows], Distribution::Uniform(0.0, 1000.0), &device);
+    time(&device, iters, || {
+        let x = logits.clone().require_grad();
+        let grads = loss(x.clone(), targets.clone(), 0.1).mean().backward();
+        std::hint::black_box(x.grad(&grads));
+    })
+}
+
+/// One line of the table: a kernel, how many elements and bytes its fused pass moves, and the
+/// two median times.
+struct Row {
+    kernel: &'static str,
+    elements: usize,
+    bytes: f64,
+    fused: f64,
+    plain: f64,
+}
+
 /// Runs `kiln bench kernels`.
 pub fn run(device: &str, size_mb: f64, iters: usize, json: bool) -> Result<ExitCode> {
     let name = device;
     let device = device_by_name(device)?;
     let n = ((size_mb * 1048576.0 / 4.0) as usize).max(1);
-    let fused = time_sgd(&device, n, iters, sgd_update::sgd_update)?;
-    let plain = time_sgd(&device, n, iters, reference::sgd_update)?;
-    // The fused pass reads param, grad and buffer and writes param and buffer: 5 x 4 bytes.
-    let bytes = 5.0 * 4.0 * n as f64;
-    let rows = [("sgd_update", fused, plain)];
+    let mut rows = Vec::new();
+    rows.push(Row {
+        kernel: "sgd_update",
+        elements: n,
+        // Reads param, grad and buffer, writes param and buffer: 5 x 4 bytes.
+        bytes: 5.0 * 4.0 * n as f64,
+        fused: time_sgd(&device, n, iters, sgd_update::sgd_update)?,
+        plain: time_sgd(&device, n, iters, sgd_update::reference::sgd_update)?,
+    });
+    let ce_elements = (n / 1000).max(1) * 1000;
+    rows.push(Row {
+        kernel: "cross_entropy",
+        elements: ce_elements,
+        // Forward reads the logits twice; backward reads them once and writes the gradient.
+        bytes: 4.0 * 4.0 * ce_elements as f64,
+        fused: time_cross_entropy(&device, n, iters, cross_entropy::cross_entropy_rows)?,
+        plain: time_cross_entropy(
+            &device,
+            n,
+            iters,
+            cross_entropy::reference::cross_entropy_textbook,
+        )?,
+    });
     if json {
-        for (kernel, fused, plain) in rows {
+        for r in &rows {
             println!(
                 "{}",
                 serde_json::json!({
-                    "kernel": kernel, "device": name, "cube": is_cube_device(&device),
-                    "elements": n, "bytes": bytes, "fused_ms": fused * 1e3,
-                    "reference_ms": plain * 1e3, "fused_gb_s": bytes / fused / 1e9,
-                    "reference_gb_s": bytes / plain / 1e9, "speedup": plain / fused,
+                    "kernel": r.kernel, "device": name, "cube": is_cube_device(&device),
+                    "elements": r.elements, "bytes": r.bytes, "fused_ms": r.fused * 1e3,
+                    "reference_ms": r.plain * 1e3, "fused_gb_s": r.bytes / r.fused / 1e9,
+                    "reference_gb_s": r.bytes / r.plain / 1e9, "speedup": r.plain / r.fused,
                 })
             );
         }
         return Ok(ExitCode::SUCCESS);
     }
     let kind = if is_cube_device(&device) {
-        "cubecl kernel"
+        "cubecl kernels"
     } else {
-        "no cube kernels here: both run the reference"
+        "no cube kernels here: both columns run the reference"
     };
-    println!("device {name} ({kind}), {n} f32 elements, median of {iters}");
+    println!("device {name} ({kind}), about {n} f32 elements per kernel, median of {iters}");
     println!(
-        "{:<12} {:>10} {:>12} {:>10} {:>12} {:>12} {:>8}",
-        "kernel", "MB moved", "fused ms", "GB/s", "reference ms", "ref GB/s", "speedup"
+        "{:<14} {:>10} {:>10} {:>12} {:>10} {:>12} {:>12} {:>8}",
+        "kernel", "elements", "MB moved", "fused ms", "GB/s", "reference ms", "ref GB/s", "speedup"
     );
-    for (kernel, fused, plain) in rows {
+    for r in &rows {
         println!(
-            "{kernel:<12} {:>10.1} {:>12.3} {:>10.2} {:>12.3} {:>12.2} {:>7.2}x",
-            bytes / 1e6,
-            fused * 1e3,
-            bytes / fused / 1e9,
-            plain * 1e3,
-            bytes / plain / 1e9,
-            plain / fused
+            "{:<14} {:>10} {:>10.1} {:>12.3} {:>10.2} {:>12.3} {:>12.2} {:>7.2}x",
+            r.kernel,
+            r.elements,
+            r.bytes / 1e6,
+            r.fused * 1e3,
+            r.bytes / r.fused / 1e9,
+            r.plain * 1e3,
+            r.bytes / r.plain / 1e9,
+            r.plain / r.fused
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -7,5 +7,6 @@
 //! Still to come (the kernels issue): on-device preprocessing, gradient bucket pack/unpack,
 //! fused softmax cross-entropy.
 
+pub mod cross_entropy;
 pub mod sgd_update;
 pub mod testing;
