@@ -2,11 +2,28 @@
 //! match, and a cubecl version used on cube devices (wgpu, cuda).
 //!
 //! - [`sgd_update`]: the fused SGD step (param, grad and momentum buffer in one pass).
+//! - [`cross_entropy`]: softmax cross-entropy forward and backward, label smoothing.
+//! - [`preprocess`]: u8 NHWC images -> normalised f32 NCHW with per-sample crop and flip.
+//! - [`bucket`]: gradient bucket pack/unpack for the allreduce, f32 or f16 on the wire.
 //! - [`testing`]: the test devices every crate shares and the `test_device!` macro.
 //!
-//! Still to come (the kernels issue): on-device preprocessing, gradient bucket pack/unpack,
-//! fused softmax cross-entropy.
+//! Each public function routes by the tensors' backend: cube (wgpu, cuda, ...) runs the cubecl
+//! kernel, flex runs the plain-burn reference.
 
+pub mod bucket;
 pub mod cross_entropy;
+pub mod preprocess;
 pub mod sgd_update;
 pub mod testing;
+
+use burn::backend::DispatchDevice;
+use burn::tensor::Device;
+
+/// Whether `device` runs on burn's cube backend (wgpu, cuda, rocm, metal, vulkan, cpu runtime),
+/// i.e. whether kiln's functions run their cubecl kernels there. Autodiff is looked through.
+pub fn is_cube_device(device: &Device) -> bool {
+    matches!(
+        device.clone().inner().as_dispatch(),
+        DispatchDevice::Cube(_)
+    )
+}

@@ -5,7 +5,8 @@
 
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{DType, Tensor, TensorData};
+use kiln_kernels::bucket::{pack, unpack};
 use kiln_models::Model;
 
 use crate::dist::{ReduceOp, Transport, Wire};
@@ -124,8 +125,15 @@ impl GradientBuckets {
             let bucket = &flat[start..end];
             let device = bucket[0].1.device();
             let lens: Vec<usize> = bucket.iter().map(|(_, t)| t.dims()[0]).collect();
-            let packed = Tensor::cat(bucket.iter().map(|(_, t)| t.clone()).collect(), 0);
-            let mut values = packed
+            let pieces: Vec<Tensor<1>> = bucket.iter().map(|(_, t)| t.clone()).collect();
+            // Packed on the device (one kernel pass on cube devices), already rounded to f16
+            // for an f16 wire: half the bytes come back, and the transport's own rounding
+            // of these values is then exact.
+            let dtype = match self.wire {
+                Wire::F32 => DType::F32,
+                Wire::F16 => DType::F16,
+            };
+            let mut values = pack(&pieces, dtype)
                 .into_data()
                 .convert::<f32>()
                 .try_into_vec::<f32>()
@@ -133,10 +141,8 @@ impl GradientBuckets {
             transport.allreduce_with(&mut values, ReduceOp::Average, self.wire)?;
             let total = values.len();
             let packed = Tensor::<1>::from_data(TensorData::new(values, [total]), &device);
-            let mut offset = 0;
-            for ((id, _), len) in bucket.iter().zip(lens) {
-                averaged.push((*id, packed.clone().slice(offset..offset + len)));
-                offset += len;
+            for ((id, _), piece) in bucket.iter().zip(unpack(packed, &lens)) {
+                averaged.push((*id, piece));
             }
             start = end;
         }

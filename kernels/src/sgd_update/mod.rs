@@ -10,10 +10,8 @@
 pub mod cube;
 pub mod reference;
 
-use burn::backend::{
-    Backend, Dispatch, DispatchDevice, Flex, backend_extension, tensor::FloatTensor,
-};
-use burn::tensor::{Device, Tensor};
+use burn::backend::{Backend, Dispatch, Flex, backend_extension, tensor::FloatTensor};
+use burn::tensor::Tensor;
 use burn_cubecl::CubeBackend;
 
 /// Backend operations behind [`sgd_update`]. Three methods rather than one with an
@@ -191,15 +189,6 @@ impl SgdBackend for Flex {
     }
 }
 
-/// Whether `device` runs on burn's cube backend (wgpu, cuda, rocm, metal, vulkan, cpu runtime),
-/// i.e. whether [`sgd_update`] runs the fused kernel. Autodiff is looked through.
-pub fn is_cube_device(device: &Device) -> bool {
-    matches!(
-        device.clone().inner().as_dispatch(),
-        DispatchDevice::Cube(_)
-    )
-}
-
 /// One `torch.optim.SGD` step on a flat parameter; see [`reference::sgd_update`] for the exact
 /// arithmetic. Fused into one kernel pass on cube devices, plain burn ops on flex.
 ///
@@ -262,7 +251,8 @@ pub fn sgd_update(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::tensor::Tolerance;
+    use crate::is_cube_device;
+    use burn::tensor::{Device, Tolerance};
 
     fn inputs(device: &Device) -> (Tensor<1>, Tensor<1>, Tensor<1>) {
         // 1030 elements: not a multiple of 4/8, so the vector size falls back to 2 or 1.
