@@ -285,6 +285,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
                     skip_bad_images: false,
                     mean: IMAGENET_MEAN,
                     std: IMAGENET_STD,
+                    raw: false,
                 },
             )?;
             let sampler = Sampler {

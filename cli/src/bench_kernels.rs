@@ -8,9 +8,12 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Result;
-use burn::tensor::{Device, Distribution, Int, Tensor};
-use kiln_engine::kernels::cross_entropy;
-use kiln_engine::kernels::sgd_update::{self, is_cube_device};
+use burn::tensor::{DType, Device, Distribution, Int, Tensor};
+use kiln_engine::data::transform::{IMAGENET_MEAN, IMAGENET_STD};
+use kiln_engine::kernels::is_cube_device;
+use kiln_engine::kernels::preprocess::{self, RawBatch};
+use kiln_engine::kernels::sgd_update;
+use kiln_engine::kernels::{bucket, cross_entropy};
 use kiln_engine::train::trainer::device_by_name;
 
 use crate::bench::median;
@@ -84,6 +87,54 @@ fn time_cross_entropy(
     })
 }
 
+/// Median seconds of packing `n` values in 62 pieces (resnet18's parameter count) into an f16
+/// bucket and unpacking it back to f32 pieces, through `pack` and `unpack`.
+fn time_bucket(
+    device: &Device,
+    n: usize,
+    iters: usize,
+    pack: fn(&[Tensor<1>], DType) -> Tensor<1>,
+    unpack: fn(Tensor<1>, &[usize]) -> Vec<Tensor<1>>,
+) -> Result<f64> {
+    let pieces = 62.min(n);
+    let lens: Vec<usize> = (0..pieces)
+        .map(|i| n / pieces + usize::from(i < n % pieces))
+        .collect();
+    let tensors: Vec<Tensor<1>> = lens
+        .iter()
+        .map(|&len| Tensor::<1>::random([len], Distribution::Normal(0.0, 1.0), device))
+        .collect();
+    time(device, iters, || {
+        std::hint::black_box(unpack(pack(&tensors, DType::F16), &lens));
+    })
+}
+
+/// Median seconds of preprocessing a batch of 224 x 224 images, `n` output values in all
+/// (uploaded as bytes, half of them flipped), through `preprocess`.
+fn time_preprocess(
+    device: &Device,
+    n: usize,
+    iters: usize,
+    preprocess: fn(&RawBatch<'_>, usize, [f32; 3], [f32; 3], &Device) -> Tensor<4>,
+) -> Result<f64> {
+    let (side, images) = (224, (n / (224 * 224 * 3)).max(1));
+    let pixels: Vec<u8> = (0..images * side * side * 3)
+        .map(|i| (i * 31 % 251) as u8)
+        .collect();
+    let crops = vec![(0, 0); images];
+    let flips: Vec<bool> = (0..images).map(|i| i % 2 == 1).collect();
+    let raw = RawBatch {
+        pixels: &pixels,
+        height: side,
+        width: side,
+        crops: &crops,
+        flips: &flips,
+    };
+    time(device, iters, || {
+        std::hint::black_box(preprocess(&raw, side, IMAGENET_MEAN, IMAGENET_STD, device));
+    })
+}
+
 /// One line of the table: a kernel, how many elements and bytes its fused pass moves, and the
 /// two median times.
 struct Row {
@@ -121,6 +172,29 @@ pub fn run(device: &str, size_mb: f64, iters: usize, json: bool) -> Result<ExitC
             iters,
             cross_entropy::reference::cross_entropy_textbook,
         )?,
+    });
+    rows.push(Row {
+        kernel: "bucket_f16",
+        elements: n,
+        // Pack reads 4 and writes 2 bytes a value, unpack reads 2 and writes 4.
+        bytes: 12.0 * n as f64,
+        fused: time_bucket(&device, n, iters, bucket::pack, bucket::unpack)?,
+        plain: time_bucket(
+            &device,
+            n,
+            iters,
+            bucket::reference::pack,
+            bucket::reference::unpack,
+        )?,
+    });
+    let pre_elements = (n / (224 * 224 * 3)).max(1) * 224 * 224 * 3;
+    rows.push(Row {
+        kernel: "preprocess",
+        elements: pre_elements,
+        // One byte uploaded and four written per value.
+        bytes: 5.0 * pre_elements as f64,
+        fused: time_preprocess(&device, n, iters, preprocess::preprocess)?,
+        plain: time_preprocess(&device, n, iters, preprocess::reference::preprocess)?,
     });
     if json {
         for r in &rows {

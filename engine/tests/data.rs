@@ -2,12 +2,14 @@
 
 use std::path::{Path, PathBuf};
 
+use burn::tensor::Device;
 use image::{DynamicImage, GrayImage, ImageFormat, Rgb, RgbImage, RgbaImage};
 use kiln_engine::EngineError;
 use kiln_engine::data::decode::decode_rgb;
 use kiln_engine::data::idx::{FASHION_MNIST_CLASSES, ImportLimit, import_fashion_mnist, read_idx};
 use kiln_engine::data::transform::{IMAGENET_MEAN, IMAGENET_STD};
 use kiln_engine::data::{Augment, ImageFolder, Loader, LoaderConfig, Sampler, check_same_classes};
+use kiln_kernels::preprocess::{RawBatch, preprocess};
 
 fn tmp(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("kiln-data-{}-{name}", std::process::id()));
@@ -226,18 +228,29 @@ fn sampler_matches_distributed_sampler_padding_and_striding() {
 }
 
 fn loader(samples: Vec<(PathBuf, usize)>, workers: usize, skip: bool) -> Loader {
+    loader_with(samples, workers, skip, Some(Augment::Standard), false)
+}
+
+fn loader_with(
+    samples: Vec<(PathBuf, usize)>,
+    workers: usize,
+    skip: bool,
+    augment: Option<Augment>,
+    raw: bool,
+) -> Loader {
     Loader::new(
         samples,
         LoaderConfig {
             batch_size: 4,
             image_size: 16,
-            augment: Some(Augment::Standard),
+            augment,
             seed: 9,
             workers,
             prefetch: 2,
             skip_bad_images: skip,
             mean: IMAGENET_MEAN,
             std: IMAGENET_STD,
+            raw,
         },
     )
     .expect("loader")
@@ -268,6 +281,72 @@ fn loader_batches_are_the_same_for_any_worker_count() {
         one[0].images, other_epoch[0].images,
         "augmentation differs per epoch"
     );
+}
+
+// A raw batch (bytes + flips) finished by `kernels::preprocess` on the device equals the batch
+// the loader normalises on the host: same crops, same flips, same values.
+kiln_kernels::test_device!(
+    raw_batches_preprocessed_on_the_device_equal_host_batches,
+    |device: Device| {
+        let root = tmp(&format!("raw-{}", device_label(&device)));
+        folder(&root, &[("a", 5), ("b", 6)]);
+        let f = ImageFolder::scan(&root).expect("scan");
+        let idx: Vec<usize> = (0..f.len()).collect();
+        for augment in [Some(Augment::Standard), Some(Augment::Flip), None] {
+            let host: Vec<_> = loader_with(f.samples.clone(), 2, false, augment, false)
+                .batches(1, idx.clone())
+                .map(Result::unwrap)
+                .collect();
+            let raw: Vec<_> = loader_with(f.samples.clone(), 2, false, augment, true)
+                .batches(1, idx.clone())
+                .map(Result::unwrap)
+                .collect();
+            assert_eq!(host.len(), raw.len());
+            let mut flipped = 0;
+            for (h, r) in host.iter().zip(&raw) {
+                assert_eq!(h.labels, r.labels);
+                assert!(r.images.is_empty());
+                assert_eq!(
+                    r.pixels.len(),
+                    r.len() * 16 * 16 * 3,
+                    "a quarter of the bytes"
+                );
+                flipped += r.flips.iter().filter(|&&f| f).count();
+                let crops = vec![(0, 0); r.len()];
+                let batch = RawBatch {
+                    pixels: &r.pixels,
+                    height: 16,
+                    width: 16,
+                    crops: &crops,
+                    flips: &r.flips,
+                };
+                let got = preprocess(&batch, 16, IMAGENET_MEAN, IMAGENET_STD, &device)
+                    .into_data()
+                    .try_to_vec::<f32>()
+                    .unwrap();
+                assert_eq!(got.len(), h.images.len());
+                for (i, (g, w)) in got.iter().zip(&h.images).enumerate() {
+                    assert!(
+                        (g - w).abs() <= 1e-5,
+                        "{augment:?}: element {i}: {g} vs {w}"
+                    );
+                }
+            }
+            if augment.is_some() {
+                assert!(flipped > 0, "{augment:?}: some of 11 images are flipped");
+            } else {
+                assert_eq!(flipped, 0, "validation batches are never flipped");
+            }
+        }
+    }
+);
+
+fn device_label(device: &Device) -> &'static str {
+    if kiln_kernels::is_cube_device(device) {
+        "cube"
+    } else {
+        "flex"
+    }
 }
 
 #[test]

@@ -7,13 +7,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, sync_channel};
 
+use image::RgbImage;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
 use crate::data::decode::decode_rgb;
-use crate::data::transform::{Augment, eval_transform, normalize_into, train_transform};
+use crate::data::transform::{
+    Augment, eval_transform, normalize_into, train_crop, train_transform,
+};
 use crate::error::EngineError;
 
 /// Which indices one rank reads in one epoch, as `torch.utils.data.DistributedSampler`:
@@ -77,13 +80,22 @@ pub struct LoaderConfig {
     pub mean: [f32; 3],
     /// Normalisation std per channel.
     pub std: [f32; 3],
+    /// Leave the flip and the normalisation to the device: batches carry the cropped images'
+    /// bytes and flips (`pixels`, `flips`) instead of `images`, a quarter of the bytes to
+    /// upload (the trainer sets this on cube devices, where `kernels::preprocess` finishes
+    /// the batch).
+    pub raw: bool,
 }
 
 /// One batch, ready for the device.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Batch {
-    /// `[n, 3, size, size]` normalised floats, row-major.
+    /// `[n, 3, size, size]` normalised floats, row-major (empty for a raw batch).
     pub images: Vec<f32>,
+    /// Raw batches: `[n, size, size, 3]` RGB bytes, cropped and resized but not flipped.
+    pub pixels: Vec<u8>,
+    /// Raw batches: per image, whether it is to be flipped horizontally.
+    pub flips: Vec<bool>,
     /// `n` labels.
     pub labels: Vec<i64>,
     /// Images skipped because they failed to decode, with the reason.
@@ -189,32 +201,60 @@ fn make_batch(
     config: &LoaderConfig,
 ) -> Result<Batch, EngineError> {
     let size = config.image_size;
-    let items: Vec<Result<(Vec<f32>, i64), EngineError>> = indices
+    let per_image = (size * size) as usize * 3;
+    // Per image: the finished floats, or the bytes and the flip for the device to finish.
+    enum Item {
+        Floats(Vec<f32>),
+        Raw(RgbImage, bool),
+    }
+    let items: Vec<Result<(Item, i64), EngineError>> = indices
         .par_iter()
         .map(|&i| {
             let (path, label) = &samples[i];
             let image = decode_rgb(path)?;
-            let image = match config.augment {
+            let (image, flip) = match config.augment {
                 Some(augment) => {
                     let mut rng = ChaCha8Rng::seed_from_u64(sample_seed(config.seed, epoch, i));
-                    train_transform(&image, size, augment, &mut rng)
+                    if config.raw {
+                        train_crop(&image, size, augment, &mut rng)
+                    } else {
+                        (train_transform(&image, size, augment, &mut rng), false)
+                    }
                 }
-                None => eval_transform(&image, size),
+                None => (eval_transform(&image, size), false),
             };
-            let mut floats = Vec::with_capacity(3 * (size * size) as usize);
+            if config.raw {
+                return Ok((Item::Raw(image, flip), *label as i64));
+            }
+            let mut floats = Vec::with_capacity(per_image);
             normalize_into(&image, config.mean, config.std, &mut floats);
-            Ok((floats, *label as i64))
+            Ok((Item::Floats(floats), *label as i64))
         })
         .collect();
     let mut batch = Batch {
-        images: Vec::with_capacity(indices.len() * 3 * (size * size) as usize),
+        images: Vec::with_capacity(if config.raw {
+            0
+        } else {
+            indices.len() * per_image
+        }),
+        pixels: Vec::with_capacity(if config.raw {
+            indices.len() * per_image
+        } else {
+            0
+        }),
+        flips: Vec::new(),
         labels: Vec::with_capacity(indices.len()),
         skipped: Vec::new(),
     };
     for item in items {
         match item {
-            Ok((floats, label)) => {
+            Ok((Item::Floats(floats), label)) => {
                 batch.images.extend(floats);
+                batch.labels.push(label);
+            }
+            Ok((Item::Raw(image, flip), label)) => {
+                batch.pixels.extend_from_slice(image.as_raw());
+                batch.flips.push(flip);
                 batch.labels.push(label);
             }
             Err(e) if config.skip_bad_images => batch.skipped.push(e.to_string()),

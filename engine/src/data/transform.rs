@@ -103,14 +103,27 @@ pub fn train_transform(
     augment: Augment,
     rng: &mut impl Rng,
 ) -> RgbImage {
-    let mut out = match augment {
-        Augment::Standard => random_resized_crop(image, size, rng),
-        Augment::Flip | Augment::None => eval_transform(image, size),
-    };
-    if augment != Augment::None && rng.random_bool(0.5) {
+    let (mut out, flip) = train_crop(image, size, augment, rng);
+    if flip {
         imageops::flip_horizontal_in_place(&mut out);
     }
     out
+}
+
+/// [`train_transform`] without the flip, and whether to flip: the same random draws, for a
+/// loader that leaves the flip to the device.
+pub fn train_crop(
+    image: &RgbImage,
+    size: u32,
+    augment: Augment,
+    rng: &mut impl Rng,
+) -> (RgbImage, bool) {
+    let out = match augment {
+        Augment::Standard => random_resized_crop(image, size, rng),
+        Augment::Flip | Augment::None => eval_transform(image, size),
+    };
+    let flip = augment != Augment::None && rng.random_bool(0.5);
+    (out, flip)
 }
 
 fn resize_exact(image: &RgbImage, size: u32) -> RgbImage {

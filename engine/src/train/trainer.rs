@@ -9,6 +9,7 @@ use std::time::Instant;
 use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use kiln_kernels::preprocess::{RawBatch, preprocess};
 use kiln_models::torchvision::{self, LoadOptions};
 use kiln_models::{Arch, Model};
 
@@ -105,6 +106,9 @@ pub fn device_by_name(name: &str) -> Result<Device, EngineError> {
     match name {
         "auto" | "cpu" | "flex" => Ok(Device::flex()),
         "wgpu" => Ok(Device::wgpu(Default::default())),
+        #[cfg(feature = "cuda")]
+        "cuda" => Ok(Device::cuda(0)),
+        #[cfg(not(feature = "cuda"))]
         "cuda" => Err(EngineError::BadOption {
             option: "device",
             value: name.into(),
@@ -304,6 +308,8 @@ impl Trainer {
         // rayon's pool size honours RAYON_NUM_THREADS, which the launcher divides among the
         // workers of a machine.
         let workers = c.workers.unwrap_or_else(rayon::current_num_threads);
+        // On cube devices the loader hands over bytes and the device finishes the batch.
+        let raw = kiln_kernels::is_cube_device(&device);
         let loader = |samples: &ImageFolder, augment| {
             Loader::new(
                 samples.samples.clone(),
@@ -317,6 +323,7 @@ impl Trainer {
                     skip_bad_images: c.skip_bad_images,
                     mean: IMAGENET_MEAN,
                     std: IMAGENET_STD,
+                    raw,
                 },
             )
         };
@@ -648,7 +655,19 @@ impl Trainer {
 fn to_device(batch: &Batch, size: u32, device: &Device) -> (Tensor<4>, Tensor<1, Int>) {
     let n = batch.len();
     let s = size as usize;
-    let x = Tensor::from_data(TensorData::new(batch.images.clone(), [n, 3, s, s]), device);
+    let x = if !batch.pixels.is_empty() {
+        // A raw batch: flip, normalise and transpose on the device.
+        let raw = RawBatch {
+            pixels: &batch.pixels,
+            height: s,
+            width: s,
+            crops: &vec![(0, 0); n],
+            flips: &batch.flips,
+        };
+        preprocess(&raw, s, IMAGENET_MEAN, IMAGENET_STD, device)
+    } else {
+        Tensor::from_data(TensorData::new(batch.images.clone(), [n, 3, s, s]), device)
+    };
     let y = Tensor::from_data(TensorData::new(batch.labels.clone(), [n]), device);
     (x, y)
 }
