@@ -1,16 +1,23 @@
 //! kiln's own kernels, one folder each: the public function, the plain-burn reference it must
-//! match, and a cubecl version used on cube devices (wgpu, cuda).
+//! match, and kiln's version: a cubecl kernel (`cube.rs`) for cube devices (wgpu, cuda) or a
+//! CPU kernel (`cpu.rs`) for flex. Each public function routes by the tensors' device; the
+//! other devices run the reference.
 //!
+//! On cube devices:
 //! - [`sgd_update`]: the fused SGD step (param, grad and momentum buffer in one pass).
 //! - [`cross_entropy`]: softmax cross-entropy forward and backward, label smoothing.
 //! - [`preprocess`]: u8 NHWC images -> normalised f32 NCHW with per-sample crop and flip.
 //! - [`bucket`]: gradient bucket pack/unpack for the allreduce, f32 or f16 on the wire.
-//! - [`testing`]: the test devices every crate shares and the `test_device!` macro.
 //!
-//! Each public function routes by the tensors' backend: cube (wgpu, cuda, ...) runs the cubecl
-//! kernel, flex runs the plain-burn reference.
+//! On flex:
+//! - [`conv2d`]: convolution forward and both gradients as whole-batch GEMMs.
+//! - [`batch_norm`]: training-mode batch norm (+ ReLU) forward and backward in two passes.
+//!
+//! And [`testing`]: the test devices every crate shares and the `test_device!` macro.
 
+pub mod batch_norm;
 pub mod bucket;
+pub mod conv2d;
 pub mod cross_entropy;
 pub mod preprocess;
 pub mod sgd_update;

@@ -15,7 +15,7 @@ use burn::nn::{Dropout, DropoutConfig, Linear, PaddingConfig2d};
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
-use crate::layers::{ConvInit, ConvSpec, classifier};
+use crate::layers::{ConvInit, ConvSpec, classifier, conv};
 use crate::norm::BatchNorm2d;
 
 /// torchvision's `DenseNet(growth_rate, block_config, num_init_features, bn_size, drop_rate,
@@ -160,7 +160,7 @@ impl Features {
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let mut x = self
             .pool0
-            .forward(relu(self.norm0.forward(self.conv0.forward(x))));
+            .forward(self.norm0.forward_relu(conv(&self.conv0, x)));
         for (i, block) in self.blocks.iter().enumerate() {
             x = block.forward(x);
             if let Some(transition) = self.transitions.get(i) {
@@ -206,8 +206,8 @@ pub struct DenseLayer {
 
 impl DenseLayer {
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let x = self.conv1.forward(relu(self.norm1.forward(x)));
-        let x = self.conv2.forward(relu(self.norm2.forward(x)));
+        let x = conv(&self.conv1, self.norm1.forward_relu(x));
+        let x = conv(&self.conv2, self.norm2.forward_relu(x));
         self.dropout.forward(x)
     }
 }
@@ -226,6 +226,6 @@ pub struct Transition {
 impl Transition {
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         self.pool
-            .forward(self.conv.forward(relu(self.norm.forward(x))))
+            .forward(conv(&self.conv, self.norm.forward_relu(x)))
     }
 }

@@ -3,7 +3,8 @@
 
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Initializer, Linear, LinearConfig, PaddingConfig2d};
-use burn::tensor::Device;
+use burn::tensor::{Device, Tensor};
+use kiln_kernels::conv2d::{Conv2dOptions, conv2d};
 
 /// How a convolution's weights start: torchvision's ResNet uses
 /// `kaiming_normal_(mode="fan_out", nonlinearity="relu")`, DenseNet the default `fan_in` mode.
@@ -85,6 +86,26 @@ impl ConvSpec {
             std: (2.0 / fan).sqrt(),
         })
         .init(device)
+    }
+}
+
+/// `conv.forward(x)` through kiln's convolution: whole-batch GEMMs on flex for forward and both
+/// gradients, burn's conv2d on other devices. Falls back to the module's own forward for what
+/// kiln's layers never build (a bias, asymmetric or `Same` padding).
+pub fn conv(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    match (&conv.padding, &conv.bias) {
+        (PaddingConfig2d::Explicit(top, left, bottom, right), None)
+            if top == bottom && left == right =>
+        {
+            let options = Conv2dOptions {
+                stride: conv.stride,
+                padding: [*top, *left],
+                dilation: conv.dilation,
+                groups: conv.groups,
+            };
+            conv2d(x, conv.weight.val(), options)
+        }
+        _ => conv.forward(x),
     }
 }
 

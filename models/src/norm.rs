@@ -6,7 +6,9 @@
 //! `running_mean`, `running_var`).
 
 use burn::module::{Flag, Module, Param, RunningState};
+use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
+use kiln_kernels::batch_norm::batch_norm_train;
 
 /// Eval mode uses the running statistics; train mode on an autodiff device normalises with the
 /// batch statistics and updates the running ones (momentum 0.1, as PyTorch).
@@ -64,9 +66,19 @@ impl BatchNorm2d {
     /// Normalises `input` (`[N, C, H, W]`).
     pub fn forward(&self, input: Tensor<4>) -> Tensor<4> {
         if input.device().is_autodiff() && self.training.is_enabled() {
-            self.forward_train(input)
+            self.forward_train(input, false)
         } else {
             self.forward_eval(input)
+        }
+    }
+
+    /// `relu(self.forward(input))`, fused into the normalisation's passes in train mode on the
+    /// CPU.
+    pub fn forward_relu(&self, input: Tensor<4>) -> Tensor<4> {
+        if input.device().is_autodiff() && self.training.is_enabled() {
+            self.forward_train(input, true)
+        } else {
+            relu(self.forward_eval(input))
         }
     }
 
@@ -82,15 +94,10 @@ impl BatchNorm2d {
         )
     }
 
-    fn forward_train(&self, input: Tensor<4>) -> Tensor<4> {
+    fn forward_train(&self, input: Tensor<4>, relu: bool) -> Tensor<4> {
         let [n, _, h, w] = input.dims();
         let device = input.device();
-        let result = burn::tensor::module::batch_norm_train(
-            input,
-            self.weight.val(),
-            self.bias.val(),
-            self.eps,
-        );
+        let result = batch_norm_train(input, self.weight.val(), self.bias.val(), self.eps, relu);
         let count = (n * h * w) as f64;
         let unbiased = if count > 1.0 {
             count / (count - 1.0)

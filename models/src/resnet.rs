@@ -16,7 +16,7 @@ use burn::nn::{Linear, PaddingConfig2d};
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
-use crate::layers::{ConvInit, ConvSpec, classifier};
+use crate::layers::{ConvInit, ConvSpec, classifier, conv};
 use crate::norm::BatchNorm2d;
 
 /// Which residual block a ResNet stacks.
@@ -174,7 +174,7 @@ impl ResNet {
 
     /// Pooled features `[N, 512 * expansion]`, the input of `fc`.
     pub fn features(&self, x: Tensor<4>) -> Tensor<2> {
-        let x = relu(self.bn1.forward(self.conv1.forward(x)));
+        let x = self.bn1.forward_relu(conv(&self.conv1, x));
         let mut x = self.maxpool.forward(x);
         for block in [&self.layer1, &self.layer2, &self.layer3, &self.layer4]
             .into_iter()
@@ -219,7 +219,7 @@ pub struct Downsample {
 impl Downsample {
     fn shortcut(downsample: &Option<Downsample>, x: Tensor<4>) -> Tensor<4> {
         match downsample {
-            Some(d) => d.bn.forward(d.conv.forward(x)),
+            Some(d) => d.bn.forward(conv(&d.conv, x)),
             None => x,
         }
     }
@@ -242,8 +242,8 @@ pub struct BasicBlock {
 
 impl BasicBlock {
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let out = relu(self.bn1.forward(self.conv1.forward(x.clone())));
-        let out = self.bn2.forward(self.conv2.forward(out));
+        let out = self.bn1.forward_relu(conv(&self.conv1, x.clone()));
+        let out = self.bn2.forward(conv(&self.conv2, out));
         relu(out + Downsample::shortcut(&self.downsample, x))
     }
 }
@@ -269,9 +269,9 @@ pub struct Bottleneck {
 
 impl Bottleneck {
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let out = relu(self.bn1.forward(self.conv1.forward(x.clone())));
-        let out = relu(self.bn2.forward(self.conv2.forward(out)));
-        let out = self.bn3.forward(self.conv3.forward(out));
+        let out = self.bn1.forward_relu(conv(&self.conv1, x.clone()));
+        let out = self.bn2.forward_relu(conv(&self.conv2, out));
+        let out = self.bn3.forward(conv(&self.conv3, out));
         relu(out + Downsample::shortcut(&self.downsample, x))
     }
 }

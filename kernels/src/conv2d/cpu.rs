@@ -1,0 +1,382 @@
+//! conv2d on the CPU as whole-batch GEMMs.
+//!
+//! burn's flex convolution runs one GEMM per image and per tile of at most 512 output pixels,
+//! so at small spatial sizes (ResNet's last stages at 64 px have 4 to 16 pixels an image) every
+//! GEMM is a narrow sliver that re-packs the whole weight matrix for a handful of columns. Here
+//! the columns of all images go side by side: one im2col matrix `col [C*KH*KW, N*OH*OW]` (rows
+//! `(c, ky, kx)`, columns `(image, oy, ox)`) and, per group, one GEMM with the batch's pixels as
+//! its long dimension:
+//!
+//! - forward: `out'[Co, N*P] = W[Co, K] x col[K, N*P]`, then `out'` is transposed into NCHW;
+//! - weight gradient: `dW[Co, K] = dout'[Co, N*P] x col^T` (col recomputed, not kept);
+//! - input gradient: `dcol[K, N*P] = W^T x dout'`, then col2im sums it back into `dx`.
+//!
+//! The GEMMs are the `gemm` crate's (AVX2/AVX-512 microkernels chosen at run time, a portable
+//! fallback elsewhere); im2col, col2im and the transposes run on rayon's pool.
+
+use burn::backend::Flex;
+use burn::backend::tensor::FloatTensor;
+use burn::tensor::{DType, Shape};
+use gemm::{Parallelism, gemm};
+use rayon::prelude::*;
+
+type FlexTensor = FloatTensor<Flex>;
+
+/// Shapes and options of one convolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geometry {
+    pub n: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub co: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub stride: [usize; 2],
+    pub padding: [usize; 2],
+    pub dilation: [usize; 2],
+    pub groups: usize,
+    pub oh: usize,
+    pub ow: usize,
+}
+
+impl Geometry {
+    /// # Panics
+    /// When the channels do not divide into the groups or the kernel does not fit.
+    pub fn new(
+        x: [usize; 4],
+        weight: [usize; 4],
+        stride: [usize; 2],
+        padding: [usize; 2],
+        dilation: [usize; 2],
+        groups: usize,
+    ) -> Self {
+        let [n, c, h, w] = x;
+        let [co, cg, kh, kw] = weight;
+        assert!(
+            groups > 0 && c % groups == 0 && co % groups == 0,
+            "conv2d: channels {c} -> {co} do not divide into {groups} groups"
+        );
+        assert_eq!(
+            cg,
+            c / groups,
+            "conv2d: weight expects {} input channels per group, input has {}",
+            cg,
+            c / groups
+        );
+        assert!(
+            stride[0] > 0 && stride[1] > 0 && dilation[0] > 0 && dilation[1] > 0,
+            "conv2d: zero stride or dilation"
+        );
+        let out = |size: usize, k: usize, s: usize, p: usize, d: usize| {
+            let span = d * (k - 1) + 1;
+            assert!(
+                size + 2 * p >= span,
+                "conv2d: a {k}-tap kernel does not fit {size} + 2 x {p} padding"
+            );
+            (size + 2 * p - span) / s + 1
+        };
+        Self {
+            n,
+            c,
+            h,
+            w,
+            co,
+            kh,
+            kw,
+            stride,
+            padding,
+            dilation,
+            groups,
+            oh: out(h, kh, stride[0], padding[0], dilation[0]),
+            ow: out(w, kw, stride[1], padding[1], dilation[1]),
+        }
+    }
+
+    /// Input channels per group.
+    fn cg(&self) -> usize {
+        self.c / self.groups
+    }
+
+    /// Output channels per group.
+    fn cog(&self) -> usize {
+        self.co / self.groups
+    }
+
+    /// Rows of one group's im2col block (= columns of its weight matrix).
+    fn k(&self) -> usize {
+        self.cg() * self.kh * self.kw
+    }
+
+    /// Output pixels per image.
+    fn p(&self) -> usize {
+        self.oh * self.ow
+    }
+
+    /// Output pixels of the batch: the GEMMs' long dimension.
+    fn np(&self) -> usize {
+        self.n * self.p()
+    }
+
+    /// The output columns `ox` whose input column `ox * s + kx * d - pad` lies in `0..w`.
+    fn valid_ox(&self, kx: usize) -> (usize, usize) {
+        let (s, d, pad) = (self.stride[1], self.dilation[1], self.padding[1]);
+        let off = kx * d;
+        // ox * s + off >= pad  <=>  ox >= ceil((pad - off) / s)
+        let lo = if off >= pad {
+            0
+        } else {
+            (pad - off).div_ceil(s)
+        };
+        // ox * s + off - pad <= w - 1  <=>  ox <= (w - 1 + pad - off) / s
+        let hi = if self.w + pad > off {
+            ((self.w - 1 + pad - off) / s + 1).min(self.ow)
+        } else {
+            0
+        };
+        (lo.min(hi), hi)
+    }
+
+    /// Input row of output row `oy` under kernel row `ky`, if inside the image.
+    fn input_row(&self, oy: usize, ky: usize) -> Option<usize> {
+        let y = oy * self.stride[0] + ky * self.dilation[0];
+        y.checked_sub(self.padding[0]).filter(|&y| y < self.h)
+    }
+}
+
+fn f32_slice(t: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
+    assert_eq!(t.dtype(), DType::F32, "conv2d: kiln's CPU kernel is f32");
+    match t.as_slice::<f32>() {
+        Some(s) if t.is_contiguous() => std::borrow::Cow::Borrowed(s),
+        _ => std::borrow::Cow::Owned(
+            t.to_contiguous()
+                .as_slice::<f32>()
+                .expect("contiguous")
+                .to_vec(),
+        ),
+    }
+}
+
+fn tensor(values: Vec<f32>, shape: [usize; 4]) -> FlexTensor {
+    FlexTensor::from_data(burn::tensor::TensorData::new(values, Shape::new(shape)))
+}
+
+/// `col [C*KH*KW, N*P]`: rows `(c, ky, kx)` over all channels, columns `(image, oy, ox)`.
+fn im2col(x: &[f32], g: &Geometry, col: &mut [f32]) {
+    let (p, np, hw) = (g.p(), g.np(), g.h * g.w);
+    let (sx, dx, px) = (g.stride[1], g.dilation[1], g.padding[1]);
+    col.par_chunks_mut(np).enumerate().for_each(|(row, out)| {
+        let c = row / (g.kh * g.kw);
+        let ky = row / g.kw % g.kh;
+        let kx = row % g.kw;
+        let (lo, hi) = g.valid_ox(kx);
+        for b in 0..g.n {
+            let plane = &x[(b * g.c + c) * hw..][..hw];
+            for oy in 0..g.oh {
+                let dst = &mut out[b * p + oy * g.ow..][..g.ow];
+                let Some(iy) = g.input_row(oy, ky) else {
+                    dst.fill(0.0);
+                    continue;
+                };
+                let src = &plane[iy * g.w..][..g.w];
+                dst[..lo].fill(0.0);
+                dst[hi..].fill(0.0);
+                if sx == 1 {
+                    let start = lo + kx * dx - px;
+                    dst[lo..hi].copy_from_slice(&src[start..start + (hi - lo)]);
+                } else {
+                    for (ox, v) in dst[lo..hi].iter_mut().enumerate() {
+                        *v = src[(ox + lo) * sx + kx * dx - px];
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// `dx [N, C, H, W] = sum over (ky, kx)` of the matching `dcol` rows (col2im).
+fn col2im(dcol: &[f32], g: &Geometry, dx: &mut [f32]) {
+    let (p, np, hw) = (g.p(), g.np(), g.h * g.w);
+    let (sx, dxl, px) = (g.stride[1], g.dilation[1], g.padding[1]);
+    dx.par_chunks_mut(hw)
+        .enumerate()
+        .for_each(|(plane_index, plane)| {
+            let (b, c) = (plane_index / g.c, plane_index % g.c);
+            plane.fill(0.0);
+            for ky in 0..g.kh {
+                for kx in 0..g.kw {
+                    let row = (c * g.kh + ky) * g.kw + kx;
+                    let src = &dcol[row * np + b * p..][..p];
+                    let (lo, hi) = g.valid_ox(kx);
+                    for oy in 0..g.oh {
+                        let Some(iy) = g.input_row(oy, ky) else {
+                            continue;
+                        };
+                        let dst = &mut plane[iy * g.w..][..g.w];
+                        let s = &src[oy * g.ow..][..g.ow];
+                        if sx == 1 {
+                            let start = lo + kx * dxl - px;
+                            for (d, v) in dst[start..start + (hi - lo)].iter_mut().zip(&s[lo..hi]) {
+                                *d += v;
+                            }
+                        } else {
+                            for ox in lo..hi {
+                                dst[ox * sx + kx * dxl - px] += s[ox];
+                            }
+                        }
+                    }
+                }
+            }
+        });
+}
+
+/// `[N, Co, P]` <-> `[Co, N*P]`.
+fn to_channel_major(t: &[f32], n: usize, co: usize, p: usize) -> Vec<f32> {
+    let mut out = vec![0.0; t.len()];
+    out.par_chunks_mut(p.max(1))
+        .enumerate()
+        .for_each(|(i, dst)| {
+            let (c, b) = (i / n, i % n);
+            dst.copy_from_slice(&t[(b * co + c) * p..][..p]);
+        });
+    out
+}
+
+fn to_batch_major(t: &[f32], n: usize, co: usize, p: usize) -> Vec<f32> {
+    let mut out = vec![0.0; t.len()];
+    out.par_chunks_mut(p.max(1))
+        .enumerate()
+        .for_each(|(i, dst)| {
+            let (b, c) = (i / co, i % co);
+            dst.copy_from_slice(&t[(c * n + b) * p..][..p]);
+        });
+    out
+}
+
+/// Row-major `dst[m, n] = lhs x rhs`, each operand given by (row stride, column stride).
+#[allow(clippy::too_many_arguments)]
+fn matmul(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    lhs: &[f32],
+    lhs_strides: (usize, usize),
+    rhs: &[f32],
+    rhs_strides: (usize, usize),
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        dst[..m * n].fill(0.0);
+        return;
+    }
+    // Bounds of what the GEMM reads and writes, checked here because it takes raw pointers.
+    assert!(dst.len() >= m * n);
+    assert!(lhs.len() > (m - 1) * lhs_strides.0 + (k - 1) * lhs_strides.1);
+    assert!(rhs.len() > (k - 1) * rhs_strides.0 + (n - 1) * rhs_strides.1);
+    // SAFETY: the pointers are valid for the extents asserted above; dst does not alias.
+    unsafe {
+        gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            lhs.as_ptr(),
+            lhs_strides.1 as isize,
+            lhs_strides.0 as isize,
+            rhs.as_ptr(),
+            rhs_strides.1 as isize,
+            rhs_strides.0 as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            Parallelism::Rayon(0),
+        );
+    }
+}
+
+/// The convolution of `x` `[N, C, H, W]` with `weight` `[Co, C/groups, KH, KW]` (no bias).
+pub fn conv2d(x: FlexTensor, weight: FlexTensor, g: &Geometry) -> FlexTensor {
+    let out_shape = [g.n, g.co, g.oh, g.ow];
+    let (k, np, cog) = (g.k(), g.np(), g.cog());
+    if g.n * g.co * g.p() == 0 {
+        return tensor(vec![0.0; out_shape.iter().product()], out_shape);
+    }
+    let x = f32_slice(&x);
+    let w = f32_slice(&weight);
+    let mut col = vec![0.0; g.groups * k * np];
+    im2col(&x, g, &mut col);
+    let mut out = vec![0.0; g.co * np];
+    for group in 0..g.groups {
+        matmul(
+            cog,
+            np,
+            k,
+            &mut out[group * cog * np..][..cog * np],
+            &w[group * cog * k..],
+            (k, 1),
+            &col[group * k * np..],
+            (np, 1),
+        );
+    }
+    tensor(to_batch_major(&out, g.n, g.co, g.p()), out_shape)
+}
+
+/// Gradient of the convolution with respect to its weight, given the output gradient.
+pub fn conv2d_weight_grad(x: FlexTensor, grad: FlexTensor, g: &Geometry) -> FlexTensor {
+    let (k, np, cog) = (g.k(), g.np(), g.cog());
+    let w_shape = [g.co, g.cg(), g.kh, g.kw];
+    let mut dw = vec![0.0; g.co * k];
+    if np > 0 {
+        let x = f32_slice(&x);
+        let grad = to_channel_major(&f32_slice(&grad), g.n, g.co, g.p());
+        let mut col = vec![0.0; g.groups * k * np];
+        im2col(&x, g, &mut col);
+        for group in 0..g.groups {
+            matmul(
+                cog,
+                k,
+                np,
+                &mut dw[group * cog * k..][..cog * k],
+                &grad[group * cog * np..],
+                (np, 1),
+                &col[group * k * np..],
+                (1, np),
+            );
+        }
+    }
+    tensor(dw, w_shape)
+}
+
+/// Gradient of the convolution with respect to its input `[N, C, H, W]`.
+pub fn conv2d_input_grad(weight: FlexTensor, grad: FlexTensor, g: &Geometry) -> FlexTensor {
+    let (k, np, cog) = (g.k(), g.np(), g.cog());
+    let x_shape = [g.n, g.c, g.h, g.w];
+    let mut dx = vec![0.0; x_shape.iter().product()];
+    if np > 0 && !dx.is_empty() {
+        let w = f32_slice(&weight);
+        let grad = to_channel_major(&f32_slice(&grad), g.n, g.co, g.p());
+        let mut dcol = vec![0.0; g.groups * k * np];
+        for group in 0..g.groups {
+            matmul(
+                k,
+                np,
+                cog,
+                &mut dcol[group * k * np..][..k * np],
+                &w[group * cog * k..],
+                (1, k),
+                &grad[group * cog * np..],
+                (np, 1),
+            );
+        }
+        col2im(&dcol, g, &mut dx);
+    }
+    tensor(dx, x_shape)
+}
