@@ -10,8 +10,8 @@
 //!
 //! Sums are accumulated in f64.
 
-use burn::backend::{Flex, TensorMetadata};
 use burn::backend::tensor::FloatTensor;
+use burn::backend::{Flex, TensorMetadata};
 use burn::tensor::{DType, Shape, TensorData};
 use rayon::prelude::*;
 

@@ -282,6 +282,7 @@ mod tests {
         options: Conv2dOptions,
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn case(
         n: usize,
         c: usize,
