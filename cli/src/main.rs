@@ -53,6 +53,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    kiln_engine::train::allocator::keep_freed_memory();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(args) => train::run(args),

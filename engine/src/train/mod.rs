@@ -1,6 +1,8 @@
 //! Training: configuration, the loop, SGD, learning-rate schedules, early stopping,
-//! checkpoints, metrics, progress reporting and the curves plot.
+//! checkpoints, metrics, progress reporting and the curves plot, and the allocator settings
+//! that keep a step's buffers from being faulted in afresh every step.
 
+pub mod allocator;
 pub mod checkpoint;
 pub mod config;
 pub mod curves;
