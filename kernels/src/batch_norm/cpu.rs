@@ -8,7 +8,8 @@
 //! - backward: one pass for `sum dy` and `sum dy * xhat` (dy masked by the ReLU's output), one
 //!   pass writing `dx = gamma / std * (dy - sum dy / M - xhat * sum(dy * xhat) / M)`.
 //!
-//! Sums are accumulated in f64.
+//! Sums run in eight f32 lanes within one (image, channel) plane (SIMD) and in f64 across
+//! planes.
 
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Flex, TensorMetadata};
@@ -53,6 +54,61 @@ impl Shared {
     }
 }
 
+/// Lanes of the per-plane sums: independent f32 accumulators the compiler turns into one SIMD
+/// register each.
+const LANES: usize = 8;
+
+/// (sum of `x - shift`, sum of `(x - shift)^2`) over one plane: f32 lanes, f64 result.
+fn shifted_sums(xs: &[f32], shift: f32) -> (f64, f64) {
+    let (mut s, mut q) = ([0.0f32; LANES], [0.0f32; LANES]);
+    let chunks = xs.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        for j in 0..LANES {
+            let d = chunk[j] - shift;
+            s[j] += d;
+            q[j] += d * d;
+        }
+    }
+    let (mut sum, mut sq) = (lane_sum(&s), lane_sum(&q));
+    for &v in tail {
+        let d = (v - shift) as f64;
+        sum += d;
+        sq += d * d;
+    }
+    (sum, sq)
+}
+
+/// (sum of `g`, sum of `g * (x - mu)`) over one plane, where `g` is the output gradient with
+/// the ReLU's mask applied (zero where the output is not positive).
+fn masked_sums(xs: &[f32], ys: &[f32], gs: &[f32], mu: f32, relu: bool) -> (f64, f64) {
+    let masked = |y: f32, g: f32| if relu && y <= 0.0 { 0.0 } else { g };
+    let (mut s, mut t) = ([0.0f32; LANES], [0.0f32; LANES]);
+    let full = xs.len() / LANES * LANES;
+    for ((xc, yc), gc) in xs[..full]
+        .chunks_exact(LANES)
+        .zip(ys[..full].chunks_exact(LANES))
+        .zip(gs[..full].chunks_exact(LANES))
+    {
+        for j in 0..LANES {
+            let g = masked(yc[j], gc[j]);
+            s[j] += g;
+            t[j] += g * (xc[j] - mu);
+        }
+    }
+    let (mut sum, mut dot) = (lane_sum(&s), lane_sum(&t));
+    for i in full..xs.len() {
+        let g = masked(ys[i], gs[i]) as f64;
+        sum += g;
+        dot += g * (xs[i] - mu) as f64;
+    }
+    (sum, dot)
+}
+
+fn lane_sum(lanes: &[f32; LANES]) -> f64 {
+    lanes.iter().map(|&v| v as f64).sum()
+}
+
 /// `[N, C, ...]` as (images, channels, values per image and channel).
 fn layout(shape: &[usize]) -> (usize, usize, usize) {
     assert!(shape.len() >= 2, "batch_norm: input is [N, C, ...]");
@@ -78,17 +134,17 @@ pub fn forward(
     let stats: Vec<(f32, f32)> = (0..c)
         .into_par_iter()
         .map(|ch| {
-            // Sums in f64 of values shifted by the channel's first value, so a large mean next
-            // to a small spread does not cancel the variance away.
-            let shift0 = x[ch * hw] as f64;
+            // Sums of values shifted by the channel's first value, so a large mean next to a
+            // small spread does not cancel the variance away: f32 lanes within a plane, f64
+            // across planes.
+            let shift0 = x[ch * hw];
             let (mut sum, mut sq) = (0.0f64, 0.0f64);
             for b in 0..n {
-                for &v in &x[(b * c + ch) * hw..][..hw] {
-                    let d = v as f64 - shift0;
-                    sum += d;
-                    sq += d * d;
-                }
+                let (s, q) = shifted_sums(&x[(b * c + ch) * hw..][..hw], shift0);
+                sum += s;
+                sq += q;
             }
+            let shift0 = shift0 as f64;
             let mean_shifted = sum / m;
             let var = (sq / m - mean_shifted * mean_shifted).max(0.0);
             let mean = shift0 + mean_shifted;
@@ -149,16 +205,15 @@ pub fn backward(
             let (mut sum_dy, mut sum_dy_xhat) = (0.0f64, 0.0f64);
             for b in 0..n {
                 let start = (b * c + ch) * hw;
-                let (xs, ys, gs) = (&x[start..][..hw], &out[start..][..hw], &dy[start..][..hw]);
-                for i in 0..hw {
-                    let g = if relu && ys[i] <= 0.0 {
-                        0.0
-                    } else {
-                        gs[i] as f64
-                    };
-                    sum_dy += g;
-                    sum_dy_xhat += g * (xs[i] - mu) as f64;
-                }
+                let (s, t) = masked_sums(
+                    &x[start..][..hw],
+                    &out[start..][..hw],
+                    &dy[start..][..hw],
+                    mu,
+                    relu,
+                );
+                sum_dy += s;
+                sum_dy_xhat += t;
             }
             sum_dy_xhat *= inv_std as f64;
             let k = gamma[ch] * inv_std;
@@ -169,10 +224,10 @@ pub fn backward(
                 let (xs, ys, gs) = (&x[start..][..hw], &out[start..][..hw], &dy[start..][..hw]);
                 // SAFETY: as in `forward`.
                 let dst = unsafe { shared.range(start, hw) };
-                for i in 0..hw {
-                    let g = if relu && ys[i] <= 0.0 { 0.0 } else { gs[i] };
+                for (((d, &xv), &yv), &gv) in dst.iter_mut().zip(xs).zip(ys).zip(gs) {
+                    let g = if relu && yv <= 0.0 { 0.0 } else { gv };
                     // xhat * sum(dy * xhat) / M == (x - mean) * inv_std^2 * sum(dy (x - mean)) / M
-                    dst[i] = k * (g - a - (xs[i] - mu) * bcoef);
+                    *d = k * (g - a - (xv - mu) * bcoef);
                 }
             }
             (sum_dy_xhat as f32, sum_dy as f32)
