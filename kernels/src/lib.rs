@@ -19,6 +19,7 @@ pub mod batch_norm;
 pub mod bucket;
 pub mod conv2d;
 pub mod cross_entropy;
+mod flex;
 pub mod preprocess;
 pub mod sgd_update;
 pub mod testing;
@@ -32,5 +33,13 @@ pub fn is_cube_device(device: &Device) -> bool {
     matches!(
         device.clone().inner().as_dispatch(),
         DispatchDevice::Cube(_)
+    )
+}
+
+/// Whether `device` is flex (autodiff looked through): where kiln's CPU kernels run.
+pub fn is_flex_device(device: &Device) -> bool {
+    matches!(
+        device.clone().inner().as_dispatch(),
+        DispatchDevice::Flex(_)
     )
 }

@@ -11,48 +11,12 @@
 //! Sums run in eight f32 lanes within one (image, channel) plane (SIMD) and in f64 across
 //! planes.
 
-use burn::backend::tensor::FloatTensor;
-use burn::backend::{Flex, TensorMetadata};
-use burn::tensor::{DType, Shape, TensorData};
+use burn::backend::TensorMetadata;
 use rayon::prelude::*;
 
-type FlexTensor = FloatTensor<Flex>;
+use crate::flex::{FlexTensor, Shared, f32_slice, filled, from_vec, unfilled};
 
-fn f32_slice(t: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
-    assert_eq!(
-        t.dtype(),
-        DType::F32,
-        "batch_norm: kiln's CPU kernel is f32"
-    );
-    match t.as_slice::<f32>() {
-        Some(s) if t.is_contiguous() => std::borrow::Cow::Borrowed(s),
-        _ => std::borrow::Cow::Owned(
-            t.to_contiguous()
-                .as_slice::<f32>()
-                .expect("contiguous")
-                .to_vec(),
-        ),
-    }
-}
-
-fn tensor(values: Vec<f32>, shape: &[usize]) -> FlexTensor {
-    FlexTensor::from_data(TensorData::new(values, Shape::from(shape.to_vec())))
-}
-
-/// A pointer that rayon tasks writing disjoint ranges may share.
-#[derive(Clone, Copy)]
-struct Shared(*mut f32);
-// SAFETY: every task writes only its own channel's ranges (see the callers).
-unsafe impl Send for Shared {}
-unsafe impl Sync for Shared {}
-
-impl Shared {
-    /// # Safety
-    /// `start..start + len` is inside the buffer and no other task touches it.
-    unsafe fn range(self, start: usize, len: usize) -> &'static mut [f32] {
-        unsafe { std::slice::from_raw_parts_mut(self.0.add(start), len) }
-    }
-}
+const WHAT: &str = "batch_norm";
 
 /// Lanes of the per-plane sums: independent f32 accumulators the compiler turns into one SIMD
 /// register each.
@@ -125,12 +89,12 @@ pub fn forward(
 ) -> (FlexTensor, FlexTensor, FlexTensor) {
     let shape = x.shape().to_vec();
     let (n, c, hw) = layout(&shape);
-    let x = f32_slice(&x);
-    let gamma = f32_slice(&gamma);
-    let beta = f32_slice(&beta);
+    let x = f32_slice(&x, WHAT);
+    let gamma = f32_slice(&gamma, WHAT);
+    let beta = f32_slice(&beta, WHAT);
     let m = (n * hw) as f64;
-    let mut out = vec![0.0f32; x.len()];
-    let shared = Shared(out.as_mut_ptr());
+    let mut out = unfilled(x.len());
+    let shared = Shared::new(&mut out);
     let stats: Vec<(f32, f32)> = (0..c)
         .into_par_iter()
         .map(|ch| {
@@ -158,11 +122,11 @@ pub fn forward(
                 let dst = unsafe { shared.range(start, hw) };
                 if relu {
                     for (d, &v) in dst.iter_mut().zip(src) {
-                        *d = (v * scale + shift).max(0.0);
+                        d.write((v * scale + shift).max(0.0));
                     }
                 } else {
                     for (d, &v) in dst.iter_mut().zip(src) {
-                        *d = v * scale + shift;
+                        d.write(v * scale + shift);
                     }
                 }
             }
@@ -170,7 +134,13 @@ pub fn forward(
         })
         .collect();
     let (mean, var): (Vec<f32>, Vec<f32>) = stats.into_iter().unzip();
-    (tensor(out, &shape), tensor(mean, &[c]), tensor(var, &[c]))
+    // SAFETY: the channels' tasks wrote every (image, channel) plane.
+    let out = unsafe { filled(out) };
+    (
+        from_vec(out, &shape),
+        from_vec(mean, &[c]),
+        from_vec(var, &[c]),
+    )
 }
 
 /// (dx, dgamma, dbeta) given the forward's input, output (for the ReLU mask), gamma, mean and
@@ -188,15 +158,15 @@ pub fn backward(
 ) -> (FlexTensor, FlexTensor, FlexTensor) {
     let shape = x.shape().to_vec();
     let (n, c, hw) = layout(&shape);
-    let x = f32_slice(&x);
-    let out = f32_slice(&output);
-    let gamma = f32_slice(&gamma);
-    let mean = f32_slice(&mean);
-    let var = f32_slice(&var);
-    let dy = f32_slice(&grad);
+    let x = f32_slice(&x, WHAT);
+    let out = f32_slice(&output, WHAT);
+    let gamma = f32_slice(&gamma, WHAT);
+    let mean = f32_slice(&mean, WHAT);
+    let var = f32_slice(&var, WHAT);
+    let dy = f32_slice(&grad, WHAT);
     let m = (n * hw) as f64;
-    let mut dx = vec![0.0f32; x.len()];
-    let shared = Shared(dx.as_mut_ptr());
+    let mut dx = unfilled(x.len());
+    let shared = Shared::new(&mut dx);
     let sums: Vec<(f32, f32)> = (0..c)
         .into_par_iter()
         .map(|ch| {
@@ -227,16 +197,18 @@ pub fn backward(
                 for (((d, &xv), &yv), &gv) in dst.iter_mut().zip(xs).zip(ys).zip(gs) {
                     let g = if relu && yv <= 0.0 { 0.0 } else { gv };
                     // xhat * sum(dy * xhat) / M == (x - mean) * inv_std^2 * sum(dy (x - mean)) / M
-                    *d = k * (g - a - (xv - mu) * bcoef);
+                    d.write(k * (g - a - (xv - mu) * bcoef));
                 }
             }
             (sum_dy_xhat as f32, sum_dy as f32)
         })
         .collect();
     let (dgamma, dbeta): (Vec<f32>, Vec<f32>) = sums.into_iter().unzip();
+    // SAFETY: as for the forward's output.
+    let dx = unsafe { filled(dx) };
     (
-        tensor(dx, &shape),
-        tensor(dgamma, &[c]),
-        tensor(dbeta, &[c]),
+        from_vec(dx, &shape),
+        from_vec(dgamma, &[c]),
+        from_vec(dbeta, &[c]),
     )
 }

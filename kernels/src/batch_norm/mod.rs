@@ -17,7 +17,7 @@ use burn::backend::{
 };
 use burn::tensor::Tensor;
 
-use crate::conv2d::is_flex_device;
+use crate::is_flex_device;
 
 /// What [`batch_norm_train`] returns.
 #[derive(Debug, Clone)]

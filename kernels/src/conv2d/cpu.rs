@@ -14,13 +14,14 @@
 //! The GEMMs are the `gemm` crate's (AVX2/AVX-512 microkernels chosen at run time, a portable
 //! fallback elsewhere); im2col, col2im and the transposes run on rayon's pool.
 
-use burn::backend::Flex;
-use burn::backend::tensor::FloatTensor;
-use burn::tensor::{DType, Shape};
+use std::mem::MaybeUninit;
+
 use gemm::{Parallelism, gemm};
 use rayon::prelude::*;
 
-type FlexTensor = FloatTensor<Flex>;
+use crate::flex::{FlexTensor, copy, f32_slice, fill, filled, from_vec, unfilled, zeroed};
+
+const WHAT: &str = "conv2d";
 
 /// Shapes and options of one convolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,25 +145,8 @@ impl Geometry {
     }
 }
 
-fn f32_slice(t: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
-    assert_eq!(t.dtype(), DType::F32, "conv2d: kiln's CPU kernel is f32");
-    match t.as_slice::<f32>() {
-        Some(s) if t.is_contiguous() => std::borrow::Cow::Borrowed(s),
-        _ => std::borrow::Cow::Owned(
-            t.to_contiguous()
-                .as_slice::<f32>()
-                .expect("contiguous")
-                .to_vec(),
-        ),
-    }
-}
-
-fn tensor(values: Vec<f32>, shape: [usize; 4]) -> FlexTensor {
-    FlexTensor::from_data(burn::tensor::TensorData::new(values, Shape::new(shape)))
-}
-
 /// `col [C*KH*KW, N*P]`: rows `(c, ky, kx)` over all channels, columns `(image, oy, ox)`.
-fn im2col(x: &[f32], g: &Geometry, col: &mut [f32]) {
+fn im2col(x: &[f32], g: &Geometry, col: &mut [MaybeUninit<f32>]) {
     let (p, np, hw) = (g.p(), g.np(), g.h * g.w);
     let (sx, dx, px) = (g.stride[1], g.dilation[1], g.padding[1]);
     col.par_chunks_mut(np).enumerate().for_each(|(row, out)| {
@@ -175,18 +159,18 @@ fn im2col(x: &[f32], g: &Geometry, col: &mut [f32]) {
             for oy in 0..g.oh {
                 let dst = &mut out[b * p + oy * g.ow..][..g.ow];
                 let Some(iy) = g.input_row(oy, ky) else {
-                    dst.fill(0.0);
+                    fill(dst, 0.0);
                     continue;
                 };
                 let src = &plane[iy * g.w..][..g.w];
-                dst[..lo].fill(0.0);
-                dst[hi..].fill(0.0);
+                fill(&mut dst[..lo], 0.0);
+                fill(&mut dst[hi..], 0.0);
                 if sx == 1 {
                     let start = lo + kx * dx - px;
-                    dst[lo..hi].copy_from_slice(&src[start..start + (hi - lo)]);
+                    copy(&mut dst[lo..hi], &src[start..start + (hi - lo)]);
                 } else {
                     for (ox, v) in dst[lo..hi].iter_mut().enumerate() {
-                        *v = src[(ox + lo) * sx + kx * dx - px];
+                        v.write(src[(ox + lo) * sx + kx * dx - px]);
                     }
                 }
             }
@@ -195,14 +179,14 @@ fn im2col(x: &[f32], g: &Geometry, col: &mut [f32]) {
 }
 
 /// `dx [N, C, H, W] = sum over (ky, kx)` of the matching `dcol` rows (col2im).
-fn col2im(dcol: &[f32], g: &Geometry, dx: &mut [f32]) {
+fn col2im(dcol: &[f32], g: &Geometry, dx: &mut [MaybeUninit<f32>]) {
     let (p, np, hw) = (g.p(), g.np(), g.h * g.w);
     let (sx, dxl, px) = (g.stride[1], g.dilation[1], g.padding[1]);
     dx.par_chunks_mut(hw)
         .enumerate()
         .for_each(|(plane_index, plane)| {
             let (b, c) = (plane_index / g.c, plane_index % g.c);
-            plane.fill(0.0);
+            let plane = zeroed(plane);
             for ky in 0..g.kh {
                 for kx in 0..g.kw {
                     let row = (c * g.kh + ky) * g.kw + kx;
@@ -232,34 +216,37 @@ fn col2im(dcol: &[f32], g: &Geometry, dx: &mut [f32]) {
 
 /// `[N, Co, P]` <-> `[Co, N*P]`.
 fn to_channel_major(t: &[f32], n: usize, co: usize, p: usize) -> Vec<f32> {
-    let mut out = vec![0.0; t.len()];
+    let mut out = unfilled(t.len());
     out.par_chunks_mut(p.max(1))
         .enumerate()
         .for_each(|(i, dst)| {
             let (c, b) = (i / n, i % n);
-            dst.copy_from_slice(&t[(b * co + c) * p..][..p]);
+            copy(dst, &t[(b * co + c) * p..][..p]);
         });
-    out
+    // SAFETY: the chunks cover the buffer and each was copied into.
+    unsafe { filled(out) }
 }
 
 fn to_batch_major(t: &[f32], n: usize, co: usize, p: usize) -> Vec<f32> {
-    let mut out = vec![0.0; t.len()];
+    let mut out = unfilled(t.len());
     out.par_chunks_mut(p.max(1))
         .enumerate()
         .for_each(|(i, dst)| {
             let (b, c) = (i / co, i % co);
-            dst.copy_from_slice(&t[(c * n + b) * p..][..p]);
+            copy(dst, &t[(c * n + b) * p..][..p]);
         });
-    out
+    // SAFETY: as in `to_channel_major`.
+    unsafe { filled(out) }
 }
 
-/// Row-major `dst[m, n] = lhs x rhs`, each operand given by (row stride, column stride).
+/// Row-major `dst[m, n] = lhs x rhs`, each operand given by (row stride, column stride). Every
+/// element of `dst[..m * n]` is written; none is read.
 #[allow(clippy::too_many_arguments)]
 fn matmul(
     m: usize,
     n: usize,
     k: usize,
-    dst: &mut [f32],
+    dst: &mut [MaybeUninit<f32>],
     lhs: &[f32],
     lhs_strides: (usize, usize),
     rhs: &[f32],
@@ -269,20 +256,21 @@ fn matmul(
         return;
     }
     if k == 0 {
-        dst[..m * n].fill(0.0);
+        fill(&mut dst[..m * n], 0.0);
         return;
     }
     // Bounds of what the GEMM reads and writes, checked here because it takes raw pointers.
     assert!(dst.len() >= m * n);
     assert!(lhs.len() > (m - 1) * lhs_strides.0 + (k - 1) * lhs_strides.1);
     assert!(rhs.len() > (k - 1) * rhs_strides.0 + (n - 1) * rhs_strides.1);
-    // SAFETY: the pointers are valid for the extents asserted above; dst does not alias.
+    // SAFETY: the pointers are valid for the extents asserted above; dst does not alias; with
+    // read_dst false the GEMM writes dst without reading it.
     unsafe {
         gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst.as_mut_ptr().cast::<f32>(),
             1,
             n as isize,
             false,
@@ -307,13 +295,12 @@ pub fn conv2d(x: FlexTensor, weight: FlexTensor, g: &Geometry) -> FlexTensor {
     let out_shape = [g.n, g.co, g.oh, g.ow];
     let (k, np, cog) = (g.k(), g.np(), g.cog());
     if g.n * g.co * g.p() == 0 {
-        return tensor(vec![0.0; out_shape.iter().product()], out_shape);
+        return from_vec(vec![0.0; out_shape.iter().product()], &out_shape);
     }
-    let x = f32_slice(&x);
-    let w = f32_slice(&weight);
-    let mut col = vec![0.0; g.groups * k * np];
-    im2col(&x, g, &mut col);
-    let mut out = vec![0.0; g.co * np];
+    let x = f32_slice(&x, WHAT);
+    let w = f32_slice(&weight, WHAT);
+    let col = im2col_matrix(&x, g);
+    let mut out = unfilled(g.co * np);
     for group in 0..g.groups {
         matmul(
             cog,
@@ -326,19 +313,30 @@ pub fn conv2d(x: FlexTensor, weight: FlexTensor, g: &Geometry) -> FlexTensor {
             (np, 1),
         );
     }
-    tensor(to_batch_major(&out, g.n, g.co, g.p()), out_shape)
+    // SAFETY: the groups' GEMMs wrote every row of `out`.
+    let out = unsafe { filled(out) };
+    from_vec(to_batch_major(&out, g.n, g.co, g.p()), &out_shape)
+}
+
+/// The whole im2col matrix `[groups * K, N * P]` of `x`.
+fn im2col_matrix(x: &[f32], g: &Geometry) -> Vec<f32> {
+    let mut col = unfilled(g.groups * g.k() * g.np());
+    im2col(x, g, &mut col);
+    // SAFETY: im2col writes every element (zeros where the kernel reads padding).
+    unsafe { filled(col) }
 }
 
 /// Gradient of the convolution with respect to its weight, given the output gradient.
 pub fn conv2d_weight_grad(x: FlexTensor, grad: FlexTensor, g: &Geometry) -> FlexTensor {
     let (k, np, cog) = (g.k(), g.np(), g.cog());
     let w_shape = [g.co, g.cg(), g.kh, g.kw];
-    let mut dw = vec![0.0; g.co * k];
-    if np > 0 {
-        let x = f32_slice(&x);
-        let grad = to_channel_major(&f32_slice(&grad), g.n, g.co, g.p());
-        let mut col = vec![0.0; g.groups * k * np];
-        im2col(&x, g, &mut col);
+    let mut dw = unfilled(g.co * k);
+    if np == 0 {
+        fill(&mut dw, 0.0);
+    } else {
+        let x = f32_slice(&x, WHAT);
+        let grad = to_channel_major(&f32_slice(&grad, WHAT), g.n, g.co, g.p());
+        let col = im2col_matrix(&x, g);
         for group in 0..g.groups {
             matmul(
                 cog,
@@ -352,31 +350,39 @@ pub fn conv2d_weight_grad(x: FlexTensor, grad: FlexTensor, g: &Geometry) -> Flex
             );
         }
     }
-    tensor(dw, w_shape)
+    // SAFETY: zero-filled, or every group's rows written by its GEMM.
+    let dw = unsafe { filled(dw) };
+    from_vec(dw, &w_shape)
 }
 
 /// Gradient of the convolution with respect to its input `[N, C, H, W]`.
 pub fn conv2d_input_grad(weight: FlexTensor, grad: FlexTensor, g: &Geometry) -> FlexTensor {
     let (k, np, cog) = (g.k(), g.np(), g.cog());
     let x_shape = [g.n, g.c, g.h, g.w];
-    let mut dx = vec![0.0; x_shape.iter().product()];
-    if np > 0 && !dx.is_empty() {
-        let w = f32_slice(&weight);
-        let grad = to_channel_major(&f32_slice(&grad), g.n, g.co, g.p());
-        let mut dcol = vec![0.0; g.groups * k * np];
-        for group in 0..g.groups {
-            matmul(
-                k,
-                np,
-                cog,
-                &mut dcol[group * k * np..][..k * np],
-                &w[group * cog * k..],
-                (1, k),
-                &grad[group * cog * np..],
-                (np, 1),
-            );
-        }
-        col2im(&dcol, g, &mut dx);
+    let len = x_shape.iter().product();
+    if np == 0 || len == 0 {
+        return from_vec(vec![0.0; len], &x_shape);
     }
-    tensor(dx, x_shape)
+    let w = f32_slice(&weight, WHAT);
+    let grad = to_channel_major(&f32_slice(&grad, WHAT), g.n, g.co, g.p());
+    let mut dcol = unfilled(g.groups * k * np);
+    for group in 0..g.groups {
+        matmul(
+            k,
+            np,
+            cog,
+            &mut dcol[group * k * np..][..k * np],
+            &w[group * cog * k..],
+            (1, k),
+            &grad[group * cog * np..],
+            (np, 1),
+        );
+    }
+    // SAFETY: every group's rows were written by its GEMM.
+    let dcol = unsafe { filled(dcol) };
+    let mut dx = unfilled(len);
+    col2im(&dcol, g, &mut dx);
+    // SAFETY: col2im zeroes each plane before summing into it.
+    let dx = unsafe { filled(dx) };
+    from_vec(dx, &x_shape)
 }

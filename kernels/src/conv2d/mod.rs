@@ -13,9 +13,11 @@ use burn::backend::autodiff::{
     ops::{Backward, Ops, OpsKind},
 };
 use burn::backend::{
-    Backend, Dispatch, DispatchDevice, Flex, TensorMetadata, backend_extension, tensor::FloatTensor,
+    Backend, Dispatch, Flex, TensorMetadata, backend_extension, tensor::FloatTensor,
 };
-use burn::tensor::{Device, Tensor};
+use burn::tensor::Tensor;
+
+use crate::is_flex_device;
 
 /// Stride, padding (symmetric, per side), dilation and groups of a convolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -236,14 +238,6 @@ impl<B: Backend + Conv2dBackend, C: CheckpointStrategy> Conv2dBackend for Autodi
     }
 }
 
-/// Whether `device` is flex (autodiff looked through): where kiln's CPU kernels run.
-pub fn is_flex_device(device: &Device) -> bool {
-    matches!(
-        device.clone().inner().as_dispatch(),
-        DispatchDevice::Flex(_)
-    )
-}
-
 /// The convolution of `x` `[N, C, H, W]` with `weight` `[Co, C / groups, KH, KW]`, no bias:
 /// kiln's whole-batch GEMM kernel on flex (differentiable through autodiff), burn's `conv2d`
 /// elsewhere.
@@ -270,7 +264,7 @@ pub fn conv2d(x: Tensor<4>, weight: Tensor<4>, options: Conv2dOptions) -> Tensor
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::tensor::{Distribution, Tolerance};
+    use burn::tensor::{Device, Distribution, Tolerance};
 
     struct Case {
         n: usize,

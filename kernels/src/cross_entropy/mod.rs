@@ -68,13 +68,11 @@ impl CrossEntropyBackend for CubeBackend {
 }
 
 fn flex_float<const D: usize>(primitive: FloatTensor<Flex>) -> Tensor<D> {
-    Tensor::from_primitive::<Flex>(primitive)
+    crate::flex::to_tensor(primitive)
 }
 
 fn flex_primitive<const D: usize>(tensor: Tensor<D>) -> FloatTensor<Flex> {
-    tensor
-        .try_into_primitive::<Flex>()
-        .expect("cross_entropy: the reference on flex inputs stays on flex")
+    crate::flex::to_primitive(tensor, "cross_entropy")
 }
 
 impl CrossEntropyBackend for Flex {

@@ -103,16 +103,12 @@ impl SgdBackend for CubeBackend {
     }
 }
 
-/// Flex primitive -> `Tensor<1>` (zero-copy wrapper), for running the reference.
 fn flex_tensor(primitive: FloatTensor<Flex>) -> Tensor<1> {
-    Tensor::<1>::from_primitive::<Flex>(primitive)
+    crate::flex::to_tensor(primitive)
 }
 
-/// `Tensor<1>` produced from flex inputs -> flex primitive.
 fn flex_primitive(tensor: Tensor<1>) -> FloatTensor<Flex> {
-    tensor
-        .try_into_primitive::<Flex>()
-        .expect("sgd_update: the reference on flex inputs stays on flex")
+    crate::flex::to_primitive(tensor, "sgd_update")
 }
 
 impl SgdBackend for Flex {
