@@ -19,6 +19,7 @@ pub mod batch_norm;
 pub mod bucket;
 pub mod conv2d;
 pub mod cross_entropy;
+mod cube;
 mod flex;
 pub mod preprocess;
 pub mod sgd_update;

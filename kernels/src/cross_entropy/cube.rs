@@ -14,6 +14,8 @@ use burn::tensor::Shape;
 use burn_cubecl::{kernel::into_contiguous, ops::numeric::empty_device_dtype, tensor::CubeTensor};
 use cubecl::{calculate_cube_count_elemwise, prelude::*};
 
+use crate::cube::address_type;
+
 #[cube(launch_unchecked, address_type = "dynamic")]
 fn cross_entropy_forward_kernel<F: Float, I: Numeric>(
     logits: &Tensor<F>,
@@ -133,11 +135,7 @@ pub fn cross_entropy_forward(
     let client = logits.client.clone();
     let cube_dim = CubeDim::new(&client, n);
     let cube_count = calculate_cube_count_elemwise(&client, n, cube_dim);
-    let address = [&logits, &targets, &loss, &lse]
-        .iter()
-        .map(|t| t.required_address_type())
-        .max()
-        .unwrap_or_default();
+    let address = address_type(&[&logits, &targets, &loss, &lse]);
     let elem = dtype_to_storage_type(logits.dtype);
     let index = dtype_to_storage_type(targets.dtype);
     unsafe {
@@ -184,11 +182,7 @@ pub fn cross_entropy_backward(
     let client = logits.client.clone();
     let cube_dim = CubeDim::new(&client, elements);
     let cube_count = calculate_cube_count_elemwise(&client, elements, cube_dim);
-    let address = [&logits, &targets, &lse, &grad, &out]
-        .iter()
-        .map(|t| t.required_address_type())
-        .max()
-        .unwrap_or_default();
+    let address = address_type(&[&logits, &targets, &lse, &grad, &out]);
     let elem = dtype_to_storage_type(logits.dtype);
     let index = dtype_to_storage_type(targets.dtype);
     unsafe {

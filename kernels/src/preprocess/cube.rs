@@ -7,6 +7,8 @@ use burn::tensor::{DType, Shape};
 use burn_cubecl::{kernel::into_contiguous, ops::numeric::empty_device_dtype, tensor::CubeTensor};
 use cubecl::{calculate_cube_count_elemwise, prelude::*};
 
+use crate::cube::address_type;
+
 /// Output position `(b, c, y, x)` of `[n, 3, size, size]` reads byte
 /// `((b * height + oy + y) * width + ox + x') * 3 + c` with `x' = size - 1 - x` when sample `b`
 /// is flipped; `params` holds `(oy, ox, flip)` per sample.
@@ -87,11 +89,7 @@ pub fn preprocess(
     let client = out.client.clone();
     let cube_dim = CubeDim::new(&client, elements);
     let cube_count = calculate_cube_count_elemwise(&client, elements, cube_dim);
-    let address = [&words, &params, &out]
-        .iter()
-        .map(|t| t.required_address_type())
-        .max()
-        .unwrap_or_default();
+    let address = address_type(&[&words, &params, &out]);
     let elem = dtype_to_storage_type(DType::F32);
     let index = dtype_to_storage_type(words.dtype);
     let scalar = |v: f32| InputScalar::new(v as f64, elem);

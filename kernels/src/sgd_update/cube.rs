@@ -15,6 +15,8 @@ use cubecl::{
     std::tensor::layout::linear::{LinearView, LinearViewMut},
 };
 
+use crate::cube::address_type;
+
 // ---------------------------------------------------------------------------------------------
 // Kernels. One unit handles one `Vector<F, N>` (N elements). `N` is a launch argument (the
 // `#[cube(launch*)]` macro turns every `N: Size` generic into a leading `usize` argument), `F`
@@ -142,15 +144,6 @@ fn launch_geometry(reference: &CubeTensor) -> Geometry {
         cube_dim,
         cube_count,
     }
-}
-
-/// `burn_cubecl::kernel::utils::address_type!` is pub(crate); this is its body.
-fn address_type(tensors: &[&CubeTensor]) -> AddressType {
-    tensors
-        .iter()
-        .map(|t| t.required_address_type())
-        .max()
-        .unwrap_or_default()
 }
 
 /// Contiguous (and un-tiled) float input, checked against `param`.
