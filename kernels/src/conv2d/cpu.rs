@@ -214,28 +214,17 @@ fn col2im(dcol: &[f32], g: &Geometry, dx: &mut [MaybeUninit<f32>]) {
         });
 }
 
-/// `[N, Co, P]` <-> `[Co, N*P]`.
-fn to_channel_major(t: &[f32], n: usize, co: usize, p: usize) -> Vec<f32> {
+/// `t` `[a, b, p]` with its two outer axes swapped: `[b, a, p]`. Between the GEMMs' channel-major
+/// `[Co, N*P]` and NCHW's `[N, Co, P]`, both ways.
+fn swap_outer(t: &[f32], a: usize, b: usize, p: usize) -> Vec<f32> {
     let mut out = unfilled(t.len());
     out.par_chunks_mut(p.max(1))
         .enumerate()
         .for_each(|(i, dst)| {
-            let (c, b) = (i / n, i % n);
-            copy(dst, &t[(b * co + c) * p..][..p]);
+            let (j, k) = (i / a, i % a);
+            copy(dst, &t[(k * b + j) * p..][..p]);
         });
     // SAFETY: the chunks cover the buffer and each was copied into.
-    unsafe { filled(out) }
-}
-
-fn to_batch_major(t: &[f32], n: usize, co: usize, p: usize) -> Vec<f32> {
-    let mut out = unfilled(t.len());
-    out.par_chunks_mut(p.max(1))
-        .enumerate()
-        .for_each(|(i, dst)| {
-            let (b, c) = (i / co, i % co);
-            copy(dst, &t[(c * n + b) * p..][..p]);
-        });
-    // SAFETY: as in `to_channel_major`.
     unsafe { filled(out) }
 }
 
@@ -315,7 +304,7 @@ pub fn conv2d(x: FlexTensor, weight: FlexTensor, g: &Geometry) -> FlexTensor {
     }
     // SAFETY: the groups' GEMMs wrote every row of `out`.
     let out = unsafe { filled(out) };
-    from_vec(to_batch_major(&out, g.n, g.co, g.p()), &out_shape)
+    from_vec(swap_outer(&out, g.co, g.n, g.p()), &out_shape)
 }
 
 /// The whole im2col matrix `[groups * K, N * P]` of `x`.
@@ -335,7 +324,7 @@ pub fn conv2d_weight_grad(x: FlexTensor, grad: FlexTensor, g: &Geometry) -> Flex
         fill(&mut dw, 0.0);
     } else {
         let x = f32_slice(&x, WHAT);
-        let grad = to_channel_major(&f32_slice(&grad, WHAT), g.n, g.co, g.p());
+        let grad = swap_outer(&f32_slice(&grad, WHAT), g.n, g.co, g.p());
         let col = im2col_matrix(&x, g);
         for group in 0..g.groups {
             matmul(
@@ -364,7 +353,7 @@ pub fn conv2d_input_grad(weight: FlexTensor, grad: FlexTensor, g: &Geometry) -> 
         return from_vec(vec![0.0; len], &x_shape);
     }
     let w = f32_slice(&weight, WHAT);
-    let grad = to_channel_major(&f32_slice(&grad, WHAT), g.n, g.co, g.p());
+    let grad = swap_outer(&f32_slice(&grad, WHAT), g.n, g.co, g.p());
     let mut dcol = unfilled(g.groups * k * np);
     for group in 0..g.groups {
         matmul(
