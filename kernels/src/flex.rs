@@ -81,6 +81,15 @@ pub(crate) fn zeroed(dst: &mut [MaybeUninit<f32>]) -> &mut [f32] {
     unsafe { &mut *(dst as *mut [MaybeUninit<f32>] as *mut [f32]) }
 }
 
+/// A buffer from [`unfilled`] (or a part of one) as values, once written.
+///
+/// # Safety
+/// Every element of `dst` has been written.
+pub(crate) unsafe fn written(dst: &mut [MaybeUninit<f32>]) -> &[f32] {
+    // SAFETY: the caller guarantees every element is set; MaybeUninit<f32> has f32's layout.
+    unsafe { &*(dst as *const [MaybeUninit<f32>] as *const [f32]) }
+}
+
 /// Writes `src` to `dst` (same length).
 pub(crate) fn copy(dst: &mut [MaybeUninit<f32>], src: &[f32]) {
     assert_eq!(dst.len(), src.len());

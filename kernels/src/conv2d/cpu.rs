@@ -11,6 +11,9 @@
 //! - weight gradient: `dW[Co, K] = dout'[Co, N*P] x col^T` (col recomputed, not kept);
 //! - input gradient: `dcol[K, N*P] = W^T x dout'`, then col2im sums it back into `dx`.
 //!
+//! Layers with 64 or more output pixels an image run image by image instead ([`per_image`]):
+//! there one image's GEMM is wide enough on its own and works straight on NCHW.
+//!
 //! The GEMMs are the `gemm` crate's (AVX2/AVX-512 microkernels chosen at run time, a portable
 //! fallback elsewhere); im2col, col2im and the transposes run on rayon's pool.
 
@@ -21,7 +24,13 @@ use rayon::prelude::*;
 
 use crate::flex::{FlexTensor, copy, f32_slice, fill, filled, from_vec, unfilled, zeroed};
 
+mod per_image;
+
 const WHAT: &str = "conv2d";
+
+/// Output pixels an image from which the convolution runs image by image ([`per_image`]) rather
+/// than as one GEMM over the batch's pixels side by side (measured; see benches/README.md).
+const PER_IMAGE_MIN_PIXELS: usize = 64;
 
 /// Shapes and options of one convolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,6 +128,21 @@ impl Geometry {
         self.n * self.p()
     }
 
+    /// Whether each image has pixels enough for its own GEMMs ([`per_image`]).
+    fn per_image(&self) -> bool {
+        self.p() >= PER_IMAGE_MIN_PIXELS
+    }
+
+    /// A 1x1, stride-1, unpadded convolution: an image `[C, H*W]` is its own im2col matrix.
+    fn pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.stride == [1, 1] && self.padding == [0, 0]
+    }
+
+    /// The same convolution of a single image.
+    fn one_image(&self) -> Self {
+        Self { n: 1, ..*self }
+    }
+
     /// The output columns `ox` whose input column `ox * s + kx * d - pad` lies in `0..w`.
     fn valid_ox(&self, kx: usize) -> (usize, usize) {
         let (s, d, pad) = (self.stride[1], self.dilation[1], self.padding[1]);
@@ -147,71 +171,79 @@ impl Geometry {
 
 /// `col [C*KH*KW, N*P]`: rows `(c, ky, kx)` over all channels, columns `(image, oy, ox)`.
 fn im2col(x: &[f32], g: &Geometry, col: &mut [MaybeUninit<f32>]) {
-    let (p, np, hw) = (g.p(), g.np(), g.h * g.w);
+    col.par_chunks_mut(g.np())
+        .enumerate()
+        .for_each(|(row, out)| im2col_row(x, g, row, out));
+}
+
+/// Row `(c, ky, kx)` of the im2col matrix: `out [N*P]`.
+fn im2col_row(x: &[f32], g: &Geometry, row: usize, out: &mut [MaybeUninit<f32>]) {
+    let (p, hw) = (g.p(), g.h * g.w);
     let (sx, dx, px) = (g.stride[1], g.dilation[1], g.padding[1]);
-    col.par_chunks_mut(np).enumerate().for_each(|(row, out)| {
-        let c = row / (g.kh * g.kw);
-        let ky = row / g.kw % g.kh;
-        let kx = row % g.kw;
-        let (lo, hi) = g.valid_ox(kx);
-        for b in 0..g.n {
-            let plane = &x[(b * g.c + c) * hw..][..hw];
-            for oy in 0..g.oh {
-                let dst = &mut out[b * p + oy * g.ow..][..g.ow];
-                let Some(iy) = g.input_row(oy, ky) else {
-                    fill(dst, 0.0);
-                    continue;
-                };
-                let src = &plane[iy * g.w..][..g.w];
-                fill(&mut dst[..lo], 0.0);
-                fill(&mut dst[hi..], 0.0);
-                if sx == 1 {
-                    let start = lo + kx * dx - px;
-                    copy(&mut dst[lo..hi], &src[start..start + (hi - lo)]);
-                } else {
-                    for (ox, v) in dst[lo..hi].iter_mut().enumerate() {
-                        v.write(src[(ox + lo) * sx + kx * dx - px]);
-                    }
+    let c = row / (g.kh * g.kw);
+    let ky = row / g.kw % g.kh;
+    let kx = row % g.kw;
+    let (lo, hi) = g.valid_ox(kx);
+    for b in 0..g.n {
+        let plane = &x[(b * g.c + c) * hw..][..hw];
+        for oy in 0..g.oh {
+            let dst = &mut out[b * p + oy * g.ow..][..g.ow];
+            let Some(iy) = g.input_row(oy, ky) else {
+                fill(dst, 0.0);
+                continue;
+            };
+            let src = &plane[iy * g.w..][..g.w];
+            fill(&mut dst[..lo], 0.0);
+            fill(&mut dst[hi..], 0.0);
+            if sx == 1 {
+                let start = lo + kx * dx - px;
+                copy(&mut dst[lo..hi], &src[start..start + (hi - lo)]);
+            } else {
+                for (ox, v) in dst[lo..hi].iter_mut().enumerate() {
+                    v.write(src[(ox + lo) * sx + kx * dx - px]);
                 }
             }
         }
-    });
+    }
 }
 
 /// `dx [N, C, H, W] = sum over (ky, kx)` of the matching `dcol` rows (col2im).
 fn col2im(dcol: &[f32], g: &Geometry, dx: &mut [MaybeUninit<f32>]) {
-    let (p, np, hw) = (g.p(), g.np(), g.h * g.w);
-    let (sx, dxl, px) = (g.stride[1], g.dilation[1], g.padding[1]);
-    dx.par_chunks_mut(hw)
+    dx.par_chunks_mut(g.h * g.w)
         .enumerate()
-        .for_each(|(plane_index, plane)| {
-            let (b, c) = (plane_index / g.c, plane_index % g.c);
-            let plane = zeroed(plane);
-            for ky in 0..g.kh {
-                for kx in 0..g.kw {
-                    let row = (c * g.kh + ky) * g.kw + kx;
-                    let src = &dcol[row * np + b * p..][..p];
-                    let (lo, hi) = g.valid_ox(kx);
-                    for oy in 0..g.oh {
-                        let Some(iy) = g.input_row(oy, ky) else {
-                            continue;
-                        };
-                        let dst = &mut plane[iy * g.w..][..g.w];
-                        let s = &src[oy * g.ow..][..g.ow];
-                        if sx == 1 {
-                            let start = lo + kx * dxl - px;
-                            for (d, v) in dst[start..start + (hi - lo)].iter_mut().zip(&s[lo..hi]) {
-                                *d += v;
-                            }
-                        } else {
-                            for ox in lo..hi {
-                                dst[ox * sx + kx * dxl - px] += s[ox];
-                            }
-                        }
+        .for_each(|(plane_index, plane)| col2im_plane(dcol, g, plane_index, plane));
+}
+
+/// Plane `(image, c)` of col2im: zeroed, then every `dcol` row of channel `c` summed in.
+fn col2im_plane(dcol: &[f32], g: &Geometry, plane_index: usize, plane: &mut [MaybeUninit<f32>]) {
+    let (p, np) = (g.p(), g.np());
+    let (sx, dxl, px) = (g.stride[1], g.dilation[1], g.padding[1]);
+    let (b, c) = (plane_index / g.c, plane_index % g.c);
+    let plane = zeroed(plane);
+    for ky in 0..g.kh {
+        for kx in 0..g.kw {
+            let row = (c * g.kh + ky) * g.kw + kx;
+            let src = &dcol[row * np + b * p..][..p];
+            let (lo, hi) = g.valid_ox(kx);
+            for oy in 0..g.oh {
+                let Some(iy) = g.input_row(oy, ky) else {
+                    continue;
+                };
+                let dst = &mut plane[iy * g.w..][..g.w];
+                let s = &src[oy * g.ow..][..g.ow];
+                if sx == 1 {
+                    let start = lo + kx * dxl - px;
+                    for (d, v) in dst[start..start + (hi - lo)].iter_mut().zip(&s[lo..hi]) {
+                        *d += v;
+                    }
+                } else {
+                    for ox in lo..hi {
+                        dst[ox * sx + kx * dxl - px] += s[ox];
                     }
                 }
             }
-        });
+        }
+    }
 }
 
 /// `t` `[a, b, p]` with its two outer axes swapped: `[b, a, p]`. Between the GEMMs' channel-major
@@ -228,8 +260,23 @@ fn swap_outer(t: &[f32], a: usize, b: usize, p: usize) -> Vec<f32> {
     unsafe { filled(out) }
 }
 
-/// Row-major `dst[m, n] = lhs x rhs`, each operand given by (row stride, column stride). Every
-/// element of `dst[..m * n]` is written; none is read.
+/// How a GEMM runs: on rayon's pool or on the calling thread, and whether it overwrites its
+/// destination or adds to it.
+#[derive(Clone, Copy)]
+struct Run {
+    parallelism: Parallelism,
+    accumulate: bool,
+}
+
+/// One GEMM on the whole pool, overwriting its destination.
+const POOL: Run = Run {
+    parallelism: Parallelism::Rayon(0),
+    accumulate: false,
+};
+
+/// Row-major `dst[m, n] = lhs x rhs` (or `+=` with `run.accumulate`, when `dst[..m * n]` has been
+/// written before), each operand given by (row stride, column stride). Without `accumulate`
+/// every element of `dst[..m * n]` is written and none is read.
 #[allow(clippy::too_many_arguments)]
 fn matmul(
     m: usize,
@@ -240,8 +287,9 @@ fn matmul(
     lhs_strides: (usize, usize),
     rhs: &[f32],
     rhs_strides: (usize, usize),
+    run: Run,
 ) {
-    if m == 0 || n == 0 {
+    if m == 0 || n == 0 || (k == 0 && run.accumulate) {
         return;
     }
     if k == 0 {
@@ -253,7 +301,8 @@ fn matmul(
     assert!(lhs.len() > (m - 1) * lhs_strides.0 + (k - 1) * lhs_strides.1);
     assert!(rhs.len() > (k - 1) * rhs_strides.0 + (n - 1) * rhs_strides.1);
     // SAFETY: the pointers are valid for the extents asserted above; dst does not alias; with
-    // read_dst false the GEMM writes dst without reading it.
+    // read_dst false the GEMM writes dst without reading it, and with `accumulate` the caller
+    // has written it.
     unsafe {
         gemm(
             m,
@@ -262,19 +311,19 @@ fn matmul(
             dst.as_mut_ptr().cast::<f32>(),
             1,
             n as isize,
-            false,
+            run.accumulate,
             lhs.as_ptr(),
             lhs_strides.1 as isize,
             lhs_strides.0 as isize,
             rhs.as_ptr(),
             rhs_strides.1 as isize,
             rhs_strides.0 as isize,
-            0.0,
+            if run.accumulate { 1.0 } else { 0.0 },
             1.0,
             false,
             false,
             false,
-            Parallelism::Rayon(0),
+            run.parallelism,
         );
     }
 }
@@ -282,13 +331,57 @@ fn matmul(
 /// The convolution of `x` `[N, C, H, W]` with `weight` `[Co, C/groups, KH, KW]` (no bias).
 pub fn conv2d(x: FlexTensor, weight: FlexTensor, g: &Geometry) -> FlexTensor {
     let out_shape = [g.n, g.co, g.oh, g.ow];
-    let (k, np, cog) = (g.k(), g.np(), g.cog());
     if g.n * g.co * g.p() == 0 {
         return from_vec(vec![0.0; out_shape.iter().product()], &out_shape);
     }
     let x = f32_slice(&x, WHAT);
     let w = f32_slice(&weight, WHAT);
-    let col = im2col_matrix(&x, g);
+    let out = if g.per_image() {
+        per_image::forward(&x, &w, g)
+    } else {
+        batched_forward(&x, &w, g)
+    };
+    from_vec(out, &out_shape)
+}
+
+/// Gradient of the convolution with respect to its weight, given the output gradient.
+pub fn conv2d_weight_grad(x: FlexTensor, grad: FlexTensor, g: &Geometry) -> FlexTensor {
+    let w_shape = [g.co, g.cg(), g.kh, g.kw];
+    let dw = if g.np() == 0 {
+        vec![0.0; g.co * g.k()]
+    } else {
+        let x = f32_slice(&x, WHAT);
+        let grad = f32_slice(&grad, WHAT);
+        if g.per_image() {
+            per_image::weight_grad(&x, &grad, g)
+        } else {
+            batched_weight_grad(&x, &grad, g)
+        }
+    };
+    from_vec(dw, &w_shape)
+}
+
+/// Gradient of the convolution with respect to its input `[N, C, H, W]`.
+pub fn conv2d_input_grad(weight: FlexTensor, grad: FlexTensor, g: &Geometry) -> FlexTensor {
+    let x_shape = [g.n, g.c, g.h, g.w];
+    let len = x_shape.iter().product();
+    if g.np() == 0 || len == 0 {
+        return from_vec(vec![0.0; len], &x_shape);
+    }
+    let w = f32_slice(&weight, WHAT);
+    let grad = f32_slice(&grad, WHAT);
+    let dx = if g.per_image() {
+        per_image::input_grad(&w, &grad, g)
+    } else {
+        batched_input_grad(&w, &grad, g)
+    };
+    from_vec(dx, &x_shape)
+}
+
+/// Forward with the batch's pixels side by side: `out' = W x col`, transposed into NCHW.
+fn batched_forward(x: &[f32], w: &[f32], g: &Geometry) -> Vec<f32> {
+    let (k, np, cog) = (g.k(), g.np(), g.cog());
+    let col = im2col_matrix(x, g);
     let mut out = unfilled(g.co * np);
     for group in 0..g.groups {
         matmul(
@@ -300,11 +393,12 @@ pub fn conv2d(x: FlexTensor, weight: FlexTensor, g: &Geometry) -> FlexTensor {
             (k, 1),
             &col[group * k * np..],
             (np, 1),
+            POOL,
         );
     }
     // SAFETY: the groups' GEMMs wrote every row of `out`.
     let out = unsafe { filled(out) };
-    from_vec(swap_outer(&out, g.co, g.n, g.p()), &out_shape)
+    swap_outer(&out, g.co, g.n, g.p())
 }
 
 /// The whole im2col matrix `[groups * K, N * P]` of `x`.
@@ -315,45 +409,33 @@ fn im2col_matrix(x: &[f32], g: &Geometry) -> Vec<f32> {
     unsafe { filled(col) }
 }
 
-/// Gradient of the convolution with respect to its weight, given the output gradient.
-pub fn conv2d_weight_grad(x: FlexTensor, grad: FlexTensor, g: &Geometry) -> FlexTensor {
+/// Weight gradient with the batch's pixels side by side: `dW = dout' x col^T`.
+fn batched_weight_grad(x: &[f32], grad: &[f32], g: &Geometry) -> Vec<f32> {
     let (k, np, cog) = (g.k(), g.np(), g.cog());
-    let w_shape = [g.co, g.cg(), g.kh, g.kw];
+    let grad = swap_outer(grad, g.n, g.co, g.p());
+    let col = im2col_matrix(x, g);
     let mut dw = unfilled(g.co * k);
-    if np == 0 {
-        fill(&mut dw, 0.0);
-    } else {
-        let x = f32_slice(&x, WHAT);
-        let grad = swap_outer(&f32_slice(&grad, WHAT), g.n, g.co, g.p());
-        let col = im2col_matrix(&x, g);
-        for group in 0..g.groups {
-            matmul(
-                cog,
-                k,
-                np,
-                &mut dw[group * cog * k..][..cog * k],
-                &grad[group * cog * np..],
-                (np, 1),
-                &col[group * k * np..],
-                (1, np),
-            );
-        }
+    for group in 0..g.groups {
+        matmul(
+            cog,
+            k,
+            np,
+            &mut dw[group * cog * k..][..cog * k],
+            &grad[group * cog * np..],
+            (np, 1),
+            &col[group * k * np..],
+            (1, np),
+            POOL,
+        );
     }
-    // SAFETY: zero-filled, or every group's rows written by its GEMM.
-    let dw = unsafe { filled(dw) };
-    from_vec(dw, &w_shape)
+    // SAFETY: every group's rows were written by its GEMM.
+    unsafe { filled(dw) }
 }
 
-/// Gradient of the convolution with respect to its input `[N, C, H, W]`.
-pub fn conv2d_input_grad(weight: FlexTensor, grad: FlexTensor, g: &Geometry) -> FlexTensor {
+/// Input gradient with the batch's pixels side by side: `dcol = W^T x dout'`, then col2im.
+fn batched_input_grad(w: &[f32], grad: &[f32], g: &Geometry) -> Vec<f32> {
     let (k, np, cog) = (g.k(), g.np(), g.cog());
-    let x_shape = [g.n, g.c, g.h, g.w];
-    let len = x_shape.iter().product();
-    if np == 0 || len == 0 {
-        return from_vec(vec![0.0; len], &x_shape);
-    }
-    let w = f32_slice(&weight, WHAT);
-    let grad = swap_outer(&f32_slice(&grad, WHAT), g.n, g.co, g.p());
+    let grad = swap_outer(grad, g.n, g.co, g.p());
     let mut dcol = unfilled(g.groups * k * np);
     for group in 0..g.groups {
         matmul(
@@ -365,13 +447,13 @@ pub fn conv2d_input_grad(weight: FlexTensor, grad: FlexTensor, g: &Geometry) -> 
             (1, k),
             &grad[group * cog * np..],
             (np, 1),
+            POOL,
         );
     }
     // SAFETY: every group's rows were written by its GEMM.
     let dcol = unsafe { filled(dcol) };
-    let mut dx = unfilled(len);
+    let mut dx = unfilled(g.n * g.c * g.h * g.w);
     col2im(&dcol, g, &mut dx);
     // SAFETY: col2im zeroes each plane before summing into it.
-    let dx = unsafe { filled(dx) };
-    from_vec(dx, &x_shape)
+    unsafe { filled(dx) }
 }

@@ -359,6 +359,12 @@ mod tests {
             case(1, 8, [4, 4], 8, 3, 1, 1, 8),    // depthwise
             case(2, 6, [5, 6], 4, 3, 1, 0, 2),    // no padding, 2 groups
             case(1, 1, [1, 1], 1, 1, 1, 0, 1),    // one of everything
+            // Image by image (64+ output pixels), batch 1 and more images than threads:
+            case(3, 24, [10, 9], 12, 1, 1, 0, 1), // pointwise, no im2col
+            case(2, 8, [17, 17], 16, 1, 2, 0, 1), // strided 1x1 shortcut
+            case(5, 12, [12, 11], 8, 3, 1, 1, 1), // 3x3, five images over the threads
+            case(4, 64, [8, 8], 64, 3, 1, 1, 32), // grouped
+            case(3, 16, [9, 8], 16, 1, 1, 0, 4),  // grouped pointwise
         ] {
             check(&c, &device);
         }
