@@ -365,6 +365,9 @@ mod tests {
             case(5, 12, [12, 11], 8, 3, 1, 1, 1), // 3x3, five images over the threads
             case(4, 64, [8, 8], 64, 3, 1, 1, 32), // grouped
             case(3, 16, [9, 8], 16, 1, 1, 0, 4),  // grouped pointwise
+            case(3, 16, [9, 9], 4, 3, 1, 1, 1),   // dense 3x3, input gradient as a forward
+            case(2, 16, [9, 9], 8, 3, 1, 1, 2),   // grouped, fewer outputs than inputs
+            case(2, 16, [6, 5], 4, 3, 1, 1, 1),   // the same, batched
         ] {
             check(&c, &device);
         }
