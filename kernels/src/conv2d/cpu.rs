@@ -214,6 +214,10 @@ fn im2col_row(x: &[f32], g: &Geometry, row: usize, out: &mut [MaybeUninit<f32>])
     let (lo, hi) = g.valid_ox(kx);
     for b in 0..g.n {
         let plane = &x[(b * g.c + c) * hw..][..hw];
+        if g.stride == [1, 1] && g.ow == g.w {
+            shifted_plane(plane, g, (ky, kx), (lo, hi), &mut out[b * p..][..p]);
+            continue;
+        }
         for oy in 0..g.oh {
             let dst = &mut out[b * p + oy * g.ow..][..g.ow];
             let Some(iy) = g.input_row(oy, ky) else {
@@ -223,7 +227,9 @@ fn im2col_row(x: &[f32], g: &Geometry, row: usize, out: &mut [MaybeUninit<f32>])
             let src = &plane[iy * g.w..][..g.w];
             fill(&mut dst[..lo], 0.0);
             fill(&mut dst[hi..], 0.0);
-            if sx == 1 {
+            if lo == hi {
+                // This tap column reads only padding.
+            } else if sx == 1 {
                 let start = lo + kx * dx - px;
                 copy(&mut dst[lo..hi], &src[start..start + (hi - lo)]);
             } else {
@@ -231,6 +237,50 @@ fn im2col_row(x: &[f32], g: &Geometry, row: usize, out: &mut [MaybeUninit<f32>])
                     v.write(src[(ox + lo) * sx + kx * dx - px]);
                 }
             }
+        }
+    }
+}
+
+/// One image's part of an im2col row when the output rows are as wide as the input's (stride 1,
+/// "same" padding across): then the row is the input plane shifted by a constant offset, so the
+/// valid output rows are one contiguous copy, after which the columns that wrapped around into
+/// the neighbouring input row (`ox` outside `lo..hi`) and the rows outside the image are zeroed.
+fn shifted_plane(
+    plane: &[f32],
+    g: &Geometry,
+    (ky, kx): (usize, usize),
+    (lo, hi): (usize, usize),
+    dst: &mut [MaybeUninit<f32>],
+) {
+    let (w, hw) = (g.w, plane.len());
+    let (row_shift, col_shift) = (ky * g.dilation[0], kx * g.dilation[1]);
+    // Output rows whose input row `oy + row_shift - padding` lies in `0..h`.
+    let first = g.padding[0].saturating_sub(row_shift).min(g.oh);
+    let end = (g.h + g.padding[0])
+        .saturating_sub(row_shift)
+        .min(g.oh)
+        .max(first);
+    // dst[i] = plane[i + offset] over the valid rows, clipped to the plane (what the clipping
+    // leaves out lies in columns outside `lo..hi`, zero either way).
+    let offset = (row_shift * w + col_shift) as isize - (g.padding[0] * w + g.padding[1]) as isize;
+    let start = ((first * w) as isize).max(-offset);
+    let stop = ((end * w) as isize).min(hw as isize - offset);
+    let (start, stop) = if start < stop {
+        let src = (start + offset) as usize;
+        let (start, stop) = (start as usize, stop as usize);
+        copy(&mut dst[start..stop], &plane[src..src + (stop - start)]);
+        (start, stop)
+    } else {
+        (first * w, first * w)
+    };
+    fill(&mut dst[..start], 0.0);
+    fill(&mut dst[stop..], 0.0);
+    for row in dst[first * w..end * w].chunks_exact_mut(w) {
+        for v in &mut row[..lo] {
+            v.write(0.0);
+        }
+        for v in &mut row[hi..] {
+            v.write(0.0);
         }
     }
 }
@@ -259,7 +309,9 @@ fn col2im_plane(dcol: &[f32], g: &Geometry, plane_index: usize, plane: &mut [May
                 };
                 let dst = &mut plane[iy * g.w..][..g.w];
                 let s = &src[oy * g.ow..][..g.ow];
-                if sx == 1 {
+                if lo == hi {
+                    // This tap column reads only padding.
+                } else if sx == 1 {
                     let start = lo + kx * dxl - px;
                     for (d, v) in dst[start..start + (hi - lo)].iter_mut().zip(&s[lo..hi]) {
                         *d += v;

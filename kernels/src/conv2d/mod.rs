@@ -374,8 +374,10 @@ mod tests {
     });
 
     // Randomised shapes from a fixed seed: kernel 1..=7, stride 1..=3, padding 0..=3,
-    // dilation 1..=2, groups 1/2/4.
+    // dilation 1..=2, groups 1/2/4. 400 on flex (a fraction of a second; they found taps that
+    // read only padding), 24 through burn's own kernels elsewhere.
     crate::test_device!(random_shapes_match_burn, |device: Device| {
+        let cases = if is_flex_device(&device) { 400 } else { 24 };
         let mut state = 0x2545_f491_4f6c_dd1du64;
         let mut next = |n: usize| {
             state ^= state << 13;
@@ -384,7 +386,7 @@ mod tests {
             (state % n as u64) as usize
         };
         let mut done = 0;
-        while done < 24 {
+        while done < cases {
             let groups = [1, 2, 4][next(3)];
             let k = [1, 2, 3, 5, 7][next(5)];
             let dilation = 1 + next(2);
