@@ -8,8 +8,8 @@
 //! - backward: one pass for `sum dy` and `sum dy * xhat` (dy masked by the ReLU's output), one
 //!   pass writing `dx = gamma / std * (dy - sum dy / M - xhat * sum(dy * xhat) / M)`.
 //!
-//! Sums run in eight f32 lanes within one (image, channel) plane (SIMD) and in f64 across
-//! planes.
+//! Sums run in eight f32 lanes (SIMD) over up to a few thousand values of a channel at a time,
+//! then in f64.
 
 use burn::backend::TensorMetadata;
 use rayon::prelude::*;
@@ -22,55 +22,63 @@ const WHAT: &str = "batch_norm";
 /// register each.
 const LANES: usize = 8;
 
-/// (sum of `x - shift`, sum of `(x - shift)^2`) over one plane: f32 lanes, f64 result.
-fn shifted_sums(xs: &[f32], shift: f32) -> (f64, f64) {
-    let (mut s, mut q) = ([0.0f32; LANES], [0.0f32; LANES]);
-    let chunks = xs.chunks_exact(LANES);
-    let tail = chunks.remainder();
-    for chunk in chunks {
-        for j in 0..LANES {
-            let d = chunk[j] - shift;
-            s[j] += d;
-            q[j] += d * d;
-        }
-    }
-    let (mut sum, mut sq) = (lane_sum(&s), lane_sum(&q));
-    for &v in tail {
-        let d = (v - shift) as f64;
-        sum += d;
-        sq += d * d;
-    }
-    (sum, sq)
+/// Values that go into the f32 lanes before they are added into the f64 totals: sums of up to
+/// a few thousand values keep f32's rounding far below the tolerance of the statistics, and
+/// small planes (DenseNet's and ResNet's late stages, 2x2 to 7x7 pixels) share one flush
+/// instead of paying one each.
+const FLUSH: usize = 4096;
+
+/// Two running sums over a channel's planes: eight f32 lanes each (SIMD), added into f64 totals
+/// every [`FLUSH`] values and at the end.
+#[derive(Default)]
+struct Sums {
+    lanes: [[f32; LANES]; 2],
+    totals: [f64; 2],
+    pending: usize,
 }
 
-/// (sum of `g`, sum of `g * (x - mu)`) over one plane, where `g` is the output gradient with
-/// the ReLU's mask applied (zero where the output is not positive).
-fn masked_sums(xs: &[f32], ys: &[f32], gs: &[f32], mu: f32, relu: bool) -> (f64, f64) {
-    let masked = |y: f32, g: f32| if relu && y <= 0.0 { 0.0 } else { g };
-    let (mut s, mut t) = ([0.0f32; LANES], [0.0f32; LANES]);
-    let full = xs.len() / LANES * LANES;
-    for ((xc, yc), gc) in xs[..full]
-        .chunks_exact(LANES)
-        .zip(ys[..full].chunks_exact(LANES))
-        .zip(gs[..full].chunks_exact(LANES))
-    {
-        for j in 0..LANES {
-            let g = masked(yc[j], gc[j]);
-            s[j] += g;
-            t[j] += g * (xc[j] - mu);
+impl Sums {
+    /// Adds `f(i)` for `i` in `0..len` to the sums, where `f` gives the two terms of value `i`.
+    #[inline(always)]
+    fn add(&mut self, len: usize, f: impl Fn(usize) -> (f32, f32)) {
+        let full = len / LANES * LANES;
+        for start in (0..full).step_by(LANES) {
+            for j in 0..LANES {
+                let (a, b) = f(start + j);
+                self.lanes[0][j] += a;
+                self.lanes[1][j] += b;
+            }
+        }
+        for i in full..len {
+            let (a, b) = f(i);
+            self.totals[0] += a as f64;
+            self.totals[1] += b as f64;
+        }
+        self.pending += full;
+        if self.pending >= FLUSH {
+            self.flush();
         }
     }
-    let (mut sum, mut dot) = (lane_sum(&s), lane_sum(&t));
-    for i in full..xs.len() {
-        let g = masked(ys[i], gs[i]) as f64;
-        sum += g;
-        dot += g * (xs[i] - mu) as f64;
+
+    fn flush(&mut self) {
+        for (total, lanes) in self.totals.iter_mut().zip(&mut self.lanes) {
+            *total += lanes.iter().map(|&v| v as f64).sum::<f64>();
+            *lanes = [0.0; LANES];
+        }
+        self.pending = 0;
     }
-    (sum, dot)
+
+    fn totals(mut self) -> (f64, f64) {
+        self.flush();
+        (self.totals[0], self.totals[1])
+    }
 }
 
-fn lane_sum(lanes: &[f32; LANES]) -> f64 {
-    lanes.iter().map(|&v| v as f64).sum()
+/// The output gradient `g` with the ReLU's mask applied: zero where the output `y` is not
+/// positive.
+#[inline(always)]
+fn masked(y: f32, g: f32, relu: bool) -> f32 {
+    if relu && y <= 0.0 { 0.0 } else { g }
 }
 
 /// `[N, C, ...]` as (images, channels, values per image and channel).
@@ -102,12 +110,15 @@ pub fn forward(
             // small spread does not cancel the variance away: f32 lanes within a plane, f64
             // across planes.
             let shift0 = x[ch * hw];
-            let (mut sum, mut sq) = (0.0f64, 0.0f64);
+            let mut sums = Sums::default();
             for b in 0..n {
-                let (s, q) = shifted_sums(&x[(b * c + ch) * hw..][..hw], shift0);
-                sum += s;
-                sq += q;
+                let plane = &x[(b * c + ch) * hw..][..hw];
+                sums.add(hw, |i| {
+                    let d = plane[i] - shift0;
+                    (d, d * d)
+                });
             }
+            let (sum, sq) = sums.totals();
             let shift0 = shift0 as f64;
             let mean_shifted = sum / m;
             let var = (sq / m - mean_shifted * mean_shifted).max(0.0);
@@ -172,19 +183,16 @@ pub fn backward(
         .map(|ch| {
             let mu = mean[ch];
             let inv_std = (1.0 / (var[ch] as f64 + eps).sqrt()) as f32;
-            let (mut sum_dy, mut sum_dy_xhat) = (0.0f64, 0.0f64);
+            let mut sums = Sums::default();
             for b in 0..n {
                 let start = (b * c + ch) * hw;
-                let (s, t) = masked_sums(
-                    &x[start..][..hw],
-                    &out[start..][..hw],
-                    &dy[start..][..hw],
-                    mu,
-                    relu,
-                );
-                sum_dy += s;
-                sum_dy_xhat += t;
+                let (xs, ys, gs) = (&x[start..][..hw], &out[start..][..hw], &dy[start..][..hw]);
+                sums.add(hw, |i| {
+                    let g = masked(ys[i], gs[i], relu);
+                    (g, g * (xs[i] - mu))
+                });
             }
+            let (sum_dy, mut sum_dy_xhat) = sums.totals();
             sum_dy_xhat *= inv_std as f64;
             let k = gamma[ch] * inv_std;
             let a = (sum_dy / m) as f32;
@@ -195,7 +203,7 @@ pub fn backward(
                 // SAFETY: as in `forward`.
                 let dst = unsafe { shared.range(start, hw) };
                 for (((d, &xv), &yv), &gv) in dst.iter_mut().zip(xs).zip(ys).zip(gs) {
-                    let g = if relu && yv <= 0.0 { 0.0 } else { gv };
+                    let g = masked(yv, gv, relu);
                     // xhat * sum(dy * xhat) / M == (x - mean) * inv_std^2 * sum(dy (x - mean)) / M
                     d.write(k * (g - a - (xv - mu) * bcoef));
                 }

@@ -267,6 +267,7 @@ mod tests {
             [16, 64, 8, 8],
             [3, 5, 1, 1],
             [4, 32, 17, 9],
+            [6, 2, 30, 31], // over 4096 values a channel: the f32 lanes flush mid-channel
         ] {
             for relu in [false, true] {
                 check(shape, relu, 0.0, &device);
