@@ -211,13 +211,15 @@ fn im2col_row(x: &[f32], g: &Geometry, row: usize, out: &mut [MaybeUninit<f32>])
     let c = row / (g.kh * g.kw);
     let ky = row / g.kw % g.kh;
     let kx = row % g.kw;
+    if let Some(shift) = Shift::new(g, ky, kx) {
+        for (b, dst) in out.chunks_exact_mut(p).enumerate() {
+            shift.apply(&x[(b * g.c + c) * hw..][..hw], dst);
+        }
+        return;
+    }
     let (lo, hi) = g.valid_ox(kx);
     for b in 0..g.n {
         let plane = &x[(b * g.c + c) * hw..][..hw];
-        if g.stride == [1, 1] && g.ow == g.w {
-            shifted_plane(plane, g, (ky, kx), (lo, hi), &mut out[b * p..][..p]);
-            continue;
-        }
         for oy in 0..g.oh {
             let dst = &mut out[b * p + oy * g.ow..][..g.ow];
             let Some(iy) = g.input_row(oy, ky) else {
@@ -241,46 +243,76 @@ fn im2col_row(x: &[f32], g: &Geometry, row: usize, out: &mut [MaybeUninit<f32>])
     }
 }
 
-/// One image's part of an im2col row when the output rows are as wide as the input's (stride 1,
+/// An im2col row's tap `(ky, kx)` when the output rows are as wide as the input's (stride 1,
 /// "same" padding across): then the row is the input plane shifted by a constant offset, so the
 /// valid output rows are one contiguous copy, after which the columns that wrapped around into
 /// the neighbouring input row (`ox` outside `lo..hi`) and the rows outside the image are zeroed.
-fn shifted_plane(
-    plane: &[f32],
-    g: &Geometry,
-    (ky, kx): (usize, usize),
-    (lo, hi): (usize, usize),
-    dst: &mut [MaybeUninit<f32>],
-) {
-    let (w, hw) = (g.w, plane.len());
-    let (row_shift, col_shift) = (ky * g.dilation[0], kx * g.dilation[1]);
-    // Output rows whose input row `oy + row_shift - padding` lies in `0..h`.
-    let first = g.padding[0].saturating_sub(row_shift).min(g.oh);
-    let end = (g.h + g.padding[0])
-        .saturating_sub(row_shift)
-        .min(g.oh)
-        .max(first);
-    // dst[i] = plane[i + offset] over the valid rows, clipped to the plane (what the clipping
-    // leaves out lies in columns outside `lo..hi`, zero either way).
-    let offset = (row_shift * w + col_shift) as isize - (g.padding[0] * w + g.padding[1]) as isize;
-    let start = ((first * w) as isize).max(-offset);
-    let stop = ((end * w) as isize).min(hw as isize - offset);
-    let (start, stop) = if start < stop {
-        let src = (start + offset) as usize;
-        let (start, stop) = (start as usize, stop as usize);
-        copy(&mut dst[start..stop], &plane[src..src + (stop - start)]);
-        (start, stop)
-    } else {
-        (first * w, first * w)
-    };
-    fill(&mut dst[..start], 0.0);
-    fill(&mut dst[stop..], 0.0);
-    for row in dst[first * w..end * w].chunks_exact_mut(w) {
-        for v in &mut row[..lo] {
-            v.write(0.0);
+/// Worked out once per tap, applied to every plane.
+struct Shift {
+    /// Output values `start..stop` are `plane[i + offset]`; the rest of the image's part is zero.
+    start: usize,
+    stop: usize,
+    offset: isize,
+    /// Output values of the rows inside the image, whose columns outside `lo..hi` wrapped.
+    rows: std::ops::Range<usize>,
+    w: usize,
+    lo: usize,
+    hi: usize,
+}
+
+impl Shift {
+    /// `None` when the convolution is strided or its output rows are not as wide as the input's.
+    fn new(g: &Geometry, ky: usize, kx: usize) -> Option<Self> {
+        if g.stride != [1, 1] || g.ow != g.w {
+            return None;
         }
-        for v in &mut row[hi..] {
-            v.write(0.0);
+        let (w, hw) = (g.w, g.h * g.w);
+        let (row_shift, col_shift) = (ky * g.dilation[0], kx * g.dilation[1]);
+        // Output rows whose input row `oy + row_shift - padding` lies in `0..h`.
+        let first = g.padding[0].saturating_sub(row_shift).min(g.oh);
+        let end = (g.h + g.padding[0])
+            .saturating_sub(row_shift)
+            .min(g.oh)
+            .max(first);
+        // dst[i] = plane[i + offset] over the valid rows, clipped to the plane (what the
+        // clipping leaves out lies in columns outside `lo..hi`, zero either way).
+        let offset =
+            (row_shift * w + col_shift) as isize - (g.padding[0] * w + g.padding[1]) as isize;
+        let start = ((first * w) as isize).max(-offset);
+        let stop = ((end * w) as isize).min(hw as isize - offset);
+        let (start, stop) = if start < stop {
+            (start as usize, stop as usize)
+        } else {
+            (first * w, first * w)
+        };
+        let (lo, hi) = g.valid_ox(kx);
+        Some(Self {
+            start,
+            stop,
+            offset,
+            rows: first * w..end * w,
+            w,
+            lo,
+            hi,
+        })
+    }
+
+    /// One image's part of the row, `dst [P]`, from its channel's `plane`.
+    fn apply(&self, plane: &[f32], dst: &mut [MaybeUninit<f32>]) {
+        let (start, stop) = (self.start, self.stop);
+        fill(&mut dst[..start], 0.0);
+        if start < stop {
+            let src = (start as isize + self.offset) as usize;
+            copy(&mut dst[start..stop], &plane[src..src + (stop - start)]);
+        }
+        fill(&mut dst[stop..], 0.0);
+        for row in dst[self.rows.clone()].chunks_exact_mut(self.w) {
+            for v in &mut row[..self.lo] {
+                v.write(0.0);
+            }
+            for v in &mut row[self.hi..] {
+                v.write(0.0);
+            }
         }
     }
 }

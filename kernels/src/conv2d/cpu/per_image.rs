@@ -13,7 +13,7 @@ use std::mem::MaybeUninit;
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::{Geometry, Run, col2im_plane, im2col_row, matmul};
+use super::{Geometry, Run, Shift, col2im_plane, im2col_row, matmul};
 use crate::flex::{filled, unfilled, written};
 
 /// Images per run, and how each run's GEMMs are parallelised: one run per thread when the
@@ -43,8 +43,21 @@ fn columns<'a>(x: &'a [f32], one: &Geometry, buffer: &'a mut [MaybeUninit<f32>])
     if one.pointwise() {
         return x;
     }
-    for (row, out) in buffer.chunks_mut(one.p()).enumerate() {
-        im2col_row(x, one, row, out);
+    let (taps, hw) = (one.kh * one.kw, one.h * one.w);
+    let shifts: Option<Vec<Shift>> = (0..taps)
+        .map(|t| Shift::new(one, t / one.kw, t % one.kw))
+        .collect();
+    match shifts {
+        Some(shifts) => {
+            for (row, out) in buffer.chunks_mut(one.p()).enumerate() {
+                shifts[row % taps].apply(&x[row / taps * hw..][..hw], out);
+            }
+        }
+        None => {
+            for (row, out) in buffer.chunks_mut(one.p()).enumerate() {
+                im2col_row(x, one, row, out);
+            }
+        }
     }
     // SAFETY: im2col_row writes every element of its row.
     unsafe { written(buffer) }
