@@ -59,7 +59,7 @@ fn columns<'a>(x: &'a [f32], one: &Geometry, buffer: &'a mut [MaybeUninit<f32>])
             }
         }
     }
-    // SAFETY: im2col_row writes every element of its row.
+    // SAFETY: `Shift::apply` and `im2col_row` each write every element of their row.
     unsafe { written(buffer) }
 }
 
