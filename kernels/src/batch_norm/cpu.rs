@@ -13,13 +13,13 @@
 
 use burn::backend::TensorMetadata;
 use rayon::prelude::*;
+use wide::f32x8;
 
 use crate::flex::{FlexTensor, Shared, f32_slice, filled, from_vec, unfilled};
 
 const WHAT: &str = "batch_norm";
 
-/// Lanes of the per-plane sums: independent f32 accumulators the compiler turns into one SIMD
-/// register each.
+/// Lanes of the sums: one SIMD vector (two SSE registers, one AVX register).
 const LANES: usize = 8;
 
 /// Values that go into the f32 lanes before they are added into the f64 totals: sums of up to
@@ -28,33 +28,80 @@ const LANES: usize = 8;
 /// instead of paying one each.
 const FLUSH: usize = 4096;
 
-/// Two running sums over a channel's planes: eight f32 lanes each (SIMD), added into f64 totals
-/// every [`FLUSH`] values and at the end.
-#[derive(Default)]
+/// Two running sums over a channel's planes: eight f32 lanes each, added into f64 totals every
+/// [`FLUSH`] values and at the end.
+///
+/// The lanes are explicit SIMD vectors: written as eight scalar accumulators, the compiler
+/// packed each value's two terms into one register instead and ran the loads scalar.
 struct Sums {
-    lanes: [[f32; LANES]; 2],
+    lanes: [f32x8; 2],
     totals: [f64; 2],
     pending: usize,
 }
 
 impl Sums {
-    /// Adds `f(i)` for `i` in `0..len` to the sums, where `f` gives the two terms of value `i`.
+    fn new() -> Self {
+        Self {
+            lanes: [f32x8::ZERO; 2],
+            totals: [0.0; 2],
+            pending: 0,
+        }
+    }
+
+    /// Adds `d` and `d * d` for each value `d = v - shift` of a plane.
     #[inline(always)]
-    fn add(&mut self, len: usize, f: impl Fn(usize) -> (f32, f32)) {
+    fn add_shifted(&mut self, plane: &[f32], shift: f32) {
+        let shift_v = f32x8::splat(shift);
+        let [mut sum, mut sq] = self.lanes;
+        let mut add = |v: f32x8| {
+            let d = v - shift_v;
+            sum += d;
+            sq += d * d;
+        };
+        let full = plane.len() / LANES * LANES;
+        for start in (0..full).step_by(LANES) {
+            add(load(&plane[start..]));
+        }
+        if full < plane.len() {
+            add(padded(&plane[full..], shift));
+        }
+        self.lanes = [sum, sq];
+        self.counted(plane.len());
+    }
+
+    /// Adds `g` and `g * (x - mean)` for each value of a plane, where `g` is the output
+    /// gradient with the ReLU's mask (from the output `y`) applied.
+    #[inline(always)]
+    fn add_grad(&mut self, [xs, ys, gs]: [&[f32]; 3], mean: f32, relu: bool) {
+        let (mean_v, zero) = (f32x8::splat(mean), f32x8::ZERO);
+        let [mut sum, mut dot] = self.lanes;
+        let mut add = |x: f32x8, y: f32x8, g: f32x8| {
+            let g = if relu {
+                y.simd_gt(zero).select(g, zero)
+            } else {
+                g
+            };
+            sum += g;
+            dot += g * (x - mean_v);
+        };
+        let len = xs.len();
         let full = len / LANES * LANES;
         for start in (0..full).step_by(LANES) {
-            for j in 0..LANES {
-                let (a, b) = f(start + j);
-                self.lanes[0][j] += a;
-                self.lanes[1][j] += b;
-            }
+            add(load(&xs[start..]), load(&ys[start..]), load(&gs[start..]));
         }
-        for i in full..len {
-            let (a, b) = f(i);
-            self.totals[0] += a as f64;
-            self.totals[1] += b as f64;
+        if full < len {
+            // A zero gradient past the plane's end adds nothing to either sum.
+            let rest = |s: &[f32], pad| padded(&s[full..], pad);
+            add(rest(xs, mean), rest(ys, 0.0), rest(gs, 0.0));
         }
-        self.pending += full;
+        self.lanes = [sum, dot];
+        self.counted(len);
+    }
+
+    /// Flushes the lanes into the f64 totals once [`FLUSH`] values have gone into them.
+    #[inline(always)]
+    fn counted(&mut self, values: usize) {
+        self.pending += values;
         if self.pending >= FLUSH {
             self.flush();
         }
@@ -62,8 +109,8 @@ impl Sums {
 
     fn flush(&mut self) {
         for (total, lanes) in self.totals.iter_mut().zip(&mut self.lanes) {
-            *total += lanes.iter().map(|&v| v as f64).sum::<f64>();
-            *lanes = [0.0; LANES];
+            *total += lanes.to_array().iter().map(|&v| v as f64).sum::<f64>();
+            *lanes = f32x8::ZERO;
         }
         self.pending = 0;
     }
@@ -72,6 +119,21 @@ impl Sums {
         self.flush();
         (self.totals[0], self.totals[1])
     }
+}
+
+/// The first [`LANES`] values of `values`.
+#[inline(always)]
+fn load(values: &[f32]) -> f32x8 {
+    f32x8::new(values[..LANES].try_into().expect("a whole vector"))
+}
+
+/// The last few values of a plane that is not a whole number of vectors (all of a plane
+/// smaller than one, as late-stage 2x2 planes), padded with `pad`.
+#[inline(always)]
+fn padded(rest: &[f32], pad: f32) -> f32x8 {
+    let mut values = [pad; LANES];
+    values[..rest.len()].copy_from_slice(rest);
+    f32x8::new(values)
 }
 
 /// The output gradient `g` with the ReLU's mask applied: zero where the output `y` is not
@@ -110,13 +172,9 @@ pub fn forward(
             // small spread does not cancel the variance away: f32 lanes within a plane, f64
             // across planes.
             let shift0 = x[ch * hw];
-            let mut sums = Sums::default();
+            let mut sums = Sums::new();
             for b in 0..n {
-                let plane = &x[(b * c + ch) * hw..][..hw];
-                sums.add(hw, |i| {
-                    let d = plane[i] - shift0;
-                    (d, d * d)
-                });
+                sums.add_shifted(&x[(b * c + ch) * hw..][..hw], shift0);
             }
             let (sum, sq) = sums.totals();
             let shift0 = shift0 as f64;
@@ -183,14 +241,11 @@ pub fn backward(
         .map(|ch| {
             let mu = mean[ch];
             let inv_std = (1.0 / (var[ch] as f64 + eps).sqrt()) as f32;
-            let mut sums = Sums::default();
+            let mut sums = Sums::new();
             for b in 0..n {
                 let start = (b * c + ch) * hw;
                 let (xs, ys, gs) = (&x[start..][..hw], &out[start..][..hw], &dy[start..][..hw]);
-                sums.add(hw, |i| {
-                    let g = masked(ys[i], gs[i], relu);
-                    (g, g * (xs[i] - mu))
-                });
+                sums.add_grad([xs, ys, gs], mu, relu);
             }
             let (sum_dy, mut sum_dy_xhat) = sums.totals();
             sum_dy_xhat *= inv_std as f64;
