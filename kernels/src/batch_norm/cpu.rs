@@ -5,8 +5,10 @@
 //! it is one pass forward and one backward. Here, per channel (in parallel over channels):
 //! - forward: one pass for the sum and sum of squares, one pass writing
 //!   `max(0, (x - mean) * gamma / std + beta)`;
-//! - backward: one pass for `sum dy` and `sum dy * xhat` (dy masked by the ReLU's output), one
-//!   pass writing `dx = gamma / std * (dy - sum dy / M - xhat * sum(dy * xhat) / M)`.
+//! - backward: one pass for `sum dy` and `sum dy * xhat`, one pass writing
+//!   `dx = gamma / std * (dy - sum dy / M - xhat * sum(dy * xhat) / M)`, `dy` masked by the
+//!   ReLU, whose mask is recomputed from `x` (`x * scale + shift > 0`, exactly as the forward
+//!   computed it) rather than read from the output: two streams in each pass, not three.
 //!
 //! Sums run in eight f32 lanes (SIMD) over up to a few thousand values of a channel at a time,
 //! then in f64.
@@ -70,14 +72,15 @@ impl Sums {
     }
 
     /// Adds `g` and `g * (x - mean)` for each value of a plane, where `g` is the output
-    /// gradient with the ReLU's mask (from the output `y`) applied.
+    /// gradient with the ReLU's mask applied.
     #[inline(always)]
-    fn add_grad(&mut self, [xs, ys, gs]: [&[f32]; 3], mean: f32, relu: bool) {
+    fn add_grad(&mut self, [xs, gs]: [&[f32]; 2], mean: f32, channel: Affine, relu: bool) {
         let (mean_v, zero) = (f32x8::splat(mean), f32x8::ZERO);
+        let (scale, shift) = (f32x8::splat(channel.scale), f32x8::splat(channel.shift));
         let [mut sum, mut dot] = self.lanes;
-        let mut add = |x: f32x8, y: f32x8, g: f32x8| {
+        let mut add = |x: f32x8, g: f32x8| {
             let g = if relu {
-                y.simd_gt(zero).select(g, zero)
+                (x * scale + shift).simd_gt(zero).select(g, zero)
             } else {
                 g
             };
@@ -87,12 +90,11 @@ impl Sums {
         let len = xs.len();
         let full = len / LANES * LANES;
         for start in (0..full).step_by(LANES) {
-            add(load(&xs[start..]), load(&ys[start..]), load(&gs[start..]));
+            add(load(&xs[start..]), load(&gs[start..]));
         }
         if full < len {
             // A zero gradient past the plane's end adds nothing to either sum.
-            let rest = |s: &[f32], pad| padded(&s[full..], pad);
-            add(rest(xs, mean), rest(ys, 0.0), rest(gs, 0.0));
+            add(padded(&xs[full..], mean), padded(&gs[full..], 0.0));
         }
         self.lanes = [sum, dot];
         self.counted(len);
@@ -136,11 +138,34 @@ fn padded(rest: &[f32], pad: f32) -> f32x8 {
     f32x8::new(values)
 }
 
-/// The output gradient `g` with the ReLU's mask applied: zero where the output `y` is not
-/// positive.
-#[inline(always)]
-fn masked(y: f32, g: f32, relu: bool) -> f32 {
-    if relu && y <= 0.0 { 0.0 } else { g }
+/// A channel's normalisation as `y = x * scale + shift`.
+#[derive(Clone, Copy)]
+struct Affine {
+    scale: f32,
+    shift: f32,
+}
+
+impl Affine {
+    /// From the f32 mean and variance the forward returns, so that the backward recomputes the
+    /// forward's ReLU mask bit for bit.
+    fn new(gamma: f32, beta: f32, mean: f32, var: f32, eps: f64) -> Self {
+        let scale = gamma as f64 / (var as f64 + eps).sqrt();
+        let shift = beta as f64 - mean as f64 * scale;
+        Self {
+            scale: scale as f32,
+            shift: shift as f32,
+        }
+    }
+
+    /// The output gradient `g` at input `x`, zero where the ReLU's output was not positive.
+    #[inline(always)]
+    fn masked(self, x: f32, g: f32, relu: bool) -> f32 {
+        if relu && x * self.scale + self.shift <= 0.0 {
+            0.0
+        } else {
+            g
+        }
+    }
 }
 
 /// `[N, C, ...]` as (images, channels, values per image and channel).
@@ -180,10 +205,8 @@ pub fn forward(
             let shift0 = shift0 as f64;
             let mean_shifted = sum / m;
             let var = (sq / m - mean_shifted * mean_shifted).max(0.0);
-            let mean = shift0 + mean_shifted;
-            let scale = gamma[ch] as f64 / (var + eps).sqrt();
-            let shift = beta[ch] as f64 - mean * scale;
-            let (scale, shift) = (scale as f32, shift as f32);
+            let (mean, var) = ((shift0 + mean_shifted) as f32, var as f32);
+            let Affine { scale, shift } = Affine::new(gamma[ch], beta[ch], mean, var, eps);
             for b in 0..n {
                 let start = (b * c + ch) * hw;
                 let src = &x[start..][..hw];
@@ -199,7 +222,7 @@ pub fn forward(
                     }
                 }
             }
-            (mean as f32, var as f32)
+            (mean, var)
         })
         .collect();
     let (mean, var): (Vec<f32>, Vec<f32>) = stats.into_iter().unzip();
@@ -212,12 +235,12 @@ pub fn forward(
     )
 }
 
-/// (dx, dgamma, dbeta) given the forward's input, output (for the ReLU mask), gamma, mean and
+/// (dx, dgamma, dbeta) given the forward's input, beta (for the ReLU mask), gamma, mean and
 /// biased variance, and the output gradient.
 #[allow(clippy::too_many_arguments)]
 pub fn backward(
     x: FlexTensor,
-    output: FlexTensor,
+    beta: FlexTensor,
     gamma: FlexTensor,
     mean: FlexTensor,
     var: FlexTensor,
@@ -228,7 +251,7 @@ pub fn backward(
     let shape = x.shape().to_vec();
     let (n, c, hw) = layout(&shape);
     let x = f32_slice(&x, WHAT);
-    let out = f32_slice(&output, WHAT);
+    let beta = f32_slice(&beta, WHAT);
     let gamma = f32_slice(&gamma, WHAT);
     let mean = f32_slice(&mean, WHAT);
     let var = f32_slice(&var, WHAT);
@@ -241,11 +264,11 @@ pub fn backward(
         .map(|ch| {
             let mu = mean[ch];
             let inv_std = (1.0 / (var[ch] as f64 + eps).sqrt()) as f32;
+            let channel = Affine::new(gamma[ch], beta[ch], mu, var[ch], eps);
             let mut sums = Sums::new();
             for b in 0..n {
                 let start = (b * c + ch) * hw;
-                let (xs, ys, gs) = (&x[start..][..hw], &out[start..][..hw], &dy[start..][..hw]);
-                sums.add_grad([xs, ys, gs], mu, relu);
+                sums.add_grad([&x[start..][..hw], &dy[start..][..hw]], mu, channel, relu);
             }
             let (sum_dy, mut sum_dy_xhat) = sums.totals();
             sum_dy_xhat *= inv_std as f64;
@@ -254,11 +277,11 @@ pub fn backward(
             let bcoef = (sum_dy_xhat / m) as f32 * inv_std;
             for b in 0..n {
                 let start = (b * c + ch) * hw;
-                let (xs, ys, gs) = (&x[start..][..hw], &out[start..][..hw], &dy[start..][..hw]);
+                let (xs, gs) = (&x[start..][..hw], &dy[start..][..hw]);
                 // SAFETY: as in `forward`.
                 let dst = unsafe { shared.range(start, hw) };
-                for (((d, &xv), &yv), &gv) in dst.iter_mut().zip(xs).zip(ys).zip(gs) {
-                    let g = masked(yv, gv, relu);
+                for ((d, &xv), &gv) in dst.iter_mut().zip(xs).zip(gs) {
+                    let g = channel.masked(xv, gv, relu);
                     // xhat * sum(dy * xhat) / M == (x - mean) * inv_std^2 * sum(dy (x - mean)) / M
                     d.write(k * (g - a - (xv - mu) * bcoef));
                 }

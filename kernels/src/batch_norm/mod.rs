@@ -42,11 +42,11 @@ pub trait BatchNormBackend: Backend {
         relu: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 
-    /// (dx, dgamma, dbeta).
+    /// (dx, dgamma, dbeta). `beta` is for the ReLU's mask, recomputed from `x`.
     #[allow(clippy::too_many_arguments)]
     fn kiln_batch_norm_backward(
         x: FloatTensor<Self>,
-        output: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
         mean: FloatTensor<Self>,
         variance: FloatTensor<Self>,
@@ -69,7 +69,7 @@ impl BatchNormBackend for Flex {
 
     fn kiln_batch_norm_backward(
         x: FloatTensor<Self>,
-        output: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
         mean: FloatTensor<Self>,
         variance: FloatTensor<Self>,
@@ -77,7 +77,7 @@ impl BatchNormBackend for Flex {
         eps: f64,
         relu: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        cpu::backward(x, output, gamma, mean, variance, grad, eps, relu)
+        cpu::backward(x, beta, gamma, mean, variance, grad, eps, relu)
     }
 }
 
@@ -93,7 +93,7 @@ impl<B: Backend + BatchNormBackend, C: CheckpointStrategy> BatchNormBackend for 
         struct BatchNorm;
 
         impl<B: Backend + BatchNormBackend> Backward<B, 3> for BatchNorm {
-            // x, output, gamma, mean, variance, eps, relu.
+            // x, beta, gamma, mean, variance, eps, relu.
             type State = (
                 FloatTensor<B>,
                 FloatTensor<B>,
@@ -110,11 +110,11 @@ impl<B: Backend + BatchNormBackend, C: CheckpointStrategy> BatchNormBackend for 
                 grads: &mut Gradients,
                 _checkpointer: &mut Checkpointer,
             ) {
-                let (x, output, gamma, mean, variance, eps, relu) = ops.state;
+                let (x, beta, gamma, mean, variance, eps, relu) = ops.state;
                 let [node_x, node_gamma, node_beta] = ops.parents;
                 let grad = grads.consume::<B>(&ops.node);
                 let (dx, dgamma, dbeta) =
-                    B::kiln_batch_norm_backward(x, output, gamma, mean, variance, grad, eps, relu);
+                    B::kiln_batch_norm_backward(x, beta, gamma, mean, variance, grad, eps, relu);
                 for (node, g) in [(node_x, dx), (node_gamma, dgamma), (node_beta, dbeta)] {
                     if let Some(node) = node {
                         grads.register::<B>(node.id, g);
@@ -130,16 +130,8 @@ impl<B: Backend + BatchNormBackend, C: CheckpointStrategy> BatchNormBackend for 
             beta.into_primitive(),
         );
         let (output, mean, variance) =
-            B::kiln_batch_norm(x.clone(), gamma.clone(), beta, eps, relu);
-        let state = (
-            x,
-            output.clone(),
-            gamma,
-            mean.clone(),
-            variance.clone(),
-            eps,
-            relu,
-        );
+            B::kiln_batch_norm(x.clone(), gamma.clone(), beta.clone(), eps, relu);
+        let state = (x, beta, gamma, mean.clone(), variance.clone(), eps, relu);
         let output = match BatchNorm.prepare::<C>(nodes).compute_bound().stateful() {
             OpsKind::Tracked(prep) => prep.finish(state, output),
             OpsKind::UnTracked(prep) => prep.finish(output),
@@ -153,7 +145,7 @@ impl<B: Backend + BatchNormBackend, C: CheckpointStrategy> BatchNormBackend for 
 
     fn kiln_batch_norm_backward(
         x: FloatTensor<Self>,
-        output: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
         mean: FloatTensor<Self>,
         variance: FloatTensor<Self>,
@@ -164,7 +156,7 @@ impl<B: Backend + BatchNormBackend, C: CheckpointStrategy> BatchNormBackend for 
         // Called directly only by someone differentiating by hand: the results are constants.
         let (dx, dgamma, dbeta) = B::kiln_batch_norm_backward(
             x.into_primitive(),
-            output.into_primitive(),
+            beta.into_primitive(),
             gamma.into_primitive(),
             mean.into_primitive(),
             variance.into_primitive(),
