@@ -12,6 +12,7 @@
 //! On flex:
 //! - [`conv2d`]: convolution forward and both gradients as whole-batch GEMMs.
 //! - [`batch_norm`]: training-mode batch norm (+ ReLU) forward and backward in two passes.
+//! - [`max_pool`]: 2-D max pooling forward and backward (the stems' 3x3, stride-2 pool).
 //!
 //! And [`testing`]: the test devices every crate shares and the `test_device!` macro.
 
@@ -21,6 +22,7 @@ pub mod conv2d;
 pub mod cross_entropy;
 mod cube;
 mod flex;
+pub mod max_pool;
 pub mod preprocess;
 pub mod sgd_update;
 pub mod testing;

@@ -15,7 +15,7 @@ use burn::nn::{Dropout, DropoutConfig, Linear, PaddingConfig2d};
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
-use crate::layers::{ConvInit, ConvSpec, classifier, conv};
+use crate::layers::{ConvInit, ConvSpec, classifier, conv, max_pool};
 use crate::norm::BatchNorm2d;
 
 /// torchvision's `DenseNet(growth_rate, block_config, num_init_features, bn_size, drop_rate,
@@ -158,9 +158,7 @@ pub struct Features {
 
 impl Features {
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let mut x = self
-            .pool0
-            .forward(self.norm0.forward_relu(conv(&self.conv0, x)));
+        let mut x = max_pool(&self.pool0, self.norm0.forward_relu(conv(&self.conv0, x)));
         for (i, block) in self.blocks.iter().enumerate() {
             x = block.forward(x);
             if let Some(transition) = self.transitions.get(i) {

@@ -2,9 +2,11 @@
 //! torchvision initialises them, and the classifier head.
 
 use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::pool::MaxPool2d;
 use burn::nn::{Initializer, Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::{Device, Tensor};
 use kiln_kernels::conv2d::{Conv2dOptions, conv2d};
+use kiln_kernels::max_pool::{MaxPool2dOptions, max_pool2d};
 
 /// How a convolution's weights start: torchvision's ResNet uses
 /// `kaiming_normal_(mode="fan_out", nonlinearity="relu")`, DenseNet the default `fan_in` mode.
@@ -106,6 +108,25 @@ pub fn conv(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
             conv2d(x, conv.weight.val(), options)
         }
         _ => conv.forward(x),
+    }
+}
+
+/// `pool.forward(x)` through kiln's max pooling: its CPU kernel on flex, burn's elsewhere. Falls
+/// back to the module's own forward for what kiln's stems never build (dilation, ceil mode,
+/// asymmetric or `Same` padding).
+pub fn max_pool(pool: &MaxPool2d, x: Tensor<4>) -> Tensor<4> {
+    match &pool.padding {
+        PaddingConfig2d::Explicit(top, left, bottom, right)
+            if top == bottom && left == right && pool.dilation == [1, 1] && !pool.ceil_mode =>
+        {
+            let options = MaxPool2dOptions {
+                kernel: pool.kernel_size,
+                stride: pool.stride,
+                padding: [*top, *left],
+            };
+            max_pool2d(x, options)
+        }
+        _ => pool.forward(x),
     }
 }
 

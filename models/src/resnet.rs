@@ -16,7 +16,7 @@ use burn::nn::{Linear, PaddingConfig2d};
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
-use crate::layers::{ConvInit, ConvSpec, classifier, conv};
+use crate::layers::{ConvInit, ConvSpec, classifier, conv, max_pool};
 use crate::norm::BatchNorm2d;
 
 /// Which residual block a ResNet stacks.
@@ -175,7 +175,7 @@ impl ResNet {
     /// Pooled features `[N, 512 * expansion]`, the input of `fc`.
     pub fn features(&self, x: Tensor<4>) -> Tensor<2> {
         let x = self.bn1.forward_relu(conv(&self.conv1, x));
-        let mut x = self.maxpool.forward(x);
+        let mut x = max_pool(&self.maxpool, x);
         for block in [&self.layer1, &self.layer2, &self.layer3, &self.layer4]
             .into_iter()
             .flatten()
