@@ -13,7 +13,8 @@ use std::mem::MaybeUninit;
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::{Geometry, Run, Shift, col2im_plane, im2col_row, matmul};
+use super::columns::{Shift, col2im_plane, im2col_row};
+use super::{Geometry, Run, matmul};
 use crate::flex::{filled, unfilled, written};
 
 /// Images per run, and how each run's GEMMs are parallelised: one run per thread when the
