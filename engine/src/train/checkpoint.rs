@@ -13,26 +13,69 @@ use serde::{Deserialize, Serialize};
 use crate::error::EngineError;
 use crate::train::early_stopping::EarlyStopping;
 
+/// f64 in the trainer state as text that reads back bit for bit. serde_json's default float
+/// parsing is best effort and now and then one ULP off (1.8523502506102374 came back as
+/// ...376), and a resumed run must restore its history and early-stopping state exactly.
+pub(crate) mod exact_f64 {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        // `{:?}` is the shortest text that parses back to the same f64 (and writes inf, NaN).
+        s.serialize_str(&format!("{v:?}"))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+
+    /// The same for an optional f64.
+    pub mod option {
+        use serde::{Deserialize, Deserializer, Serializer};
+
+        pub fn serialize<S: Serializer>(v: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
+            match v {
+                Some(v) => super::serialize(v, s),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+            Option::<String>::deserialize(d)?
+                .map(|text| text.parse().map_err(serde::de::Error::custom))
+                .transpose()
+        }
+    }
+}
+
 /// One epoch's results.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EpochMetrics {
     /// Epoch, from 1.
     pub epoch: usize,
     /// Mean training loss.
+    #[serde(with = "exact_f64")]
     pub train_loss: f64,
     /// Training top-1 accuracy.
+    #[serde(with = "exact_f64")]
     pub train_acc: f64,
     /// Mean validation loss.
+    #[serde(with = "exact_f64")]
     pub val_loss: f64,
     /// Validation top-1 accuracy.
+    #[serde(with = "exact_f64")]
     pub val_acc: f64,
     /// Validation top-5 accuracy.
+    #[serde(with = "exact_f64")]
     pub val_top5: f64,
     /// Training images per second.
+    #[serde(with = "exact_f64")]
     pub images_per_s: f64,
     /// Learning rate at the epoch's last step.
+    #[serde(with = "exact_f64")]
     pub lr: f64,
     /// Wall time of the epoch, training and validation.
+    #[serde(with = "exact_f64")]
     pub epoch_time_s: f64,
 }
 

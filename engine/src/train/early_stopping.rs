@@ -13,8 +13,10 @@ pub struct EarlyStopping {
     /// Epochs without improvement tolerated.
     pub patience: usize,
     /// Smallest improvement that counts.
+    #[serde(with = "crate::train::checkpoint::exact_f64")]
     pub min_delta: f64,
     /// Best value so far.
+    #[serde(with = "crate::train::checkpoint::exact_f64::option")]
     pub best: Option<f64>,
     /// Epoch (0-based) of the best value.
     pub best_epoch: Option<usize>,
