@@ -19,14 +19,30 @@ use crate::train::early_stopping::EarlyStopping;
 pub(crate) mod exact_f64 {
     use serde::{Deserialize, Deserializer, Serializer};
 
+    /// What a checkpoint holds: text, or a plain number from checkpoints written before.
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Stored {
+        Text(String),
+        Number(f64),
+    }
+
+    impl Stored {
+        fn value<E: serde::de::Error>(self) -> Result<f64, E> {
+            match self {
+                Self::Text(text) => text.parse().map_err(E::custom),
+                Self::Number(v) => Ok(v),
+            }
+        }
+    }
+
     pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
         // `{:?}` is the shortest text that parses back to the same f64 (and writes inf, NaN).
         s.serialize_str(&format!("{v:?}"))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
-        let text = String::deserialize(d)?;
-        text.parse().map_err(serde::de::Error::custom)
+        Stored::deserialize(d)?.value()
     }
 
     /// The same for an optional f64.
@@ -41,8 +57,8 @@ pub(crate) mod exact_f64 {
         }
 
         pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
-            Option::<String>::deserialize(d)?
-                .map(|text| text.parse().map_err(serde::de::Error::custom))
+            Option::<super::Stored>::deserialize(d)?
+                .map(super::Stored::value)
                 .transpose()
         }
     }
