@@ -2,12 +2,23 @@
 //! stopping with best-weight restore, transfer learning, and the outputs it writes.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
 
 use image::{Rgb, RgbImage};
 use kiln_engine::model_dir;
 use kiln_engine::train::progress::Progress;
 use kiln_engine::train::{StopReason, TrainConfig, TrainSummary, Trainer};
 use kiln_models::torchvision;
+
+/// burn draws random numbers from one generator per device, global to the process, and the
+/// trainer seeds it: a test that trains must not run while another one does, or each takes
+/// numbers from the other's sequence (seen as "two seeded runs differ" on a loaded machine).
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    static TRAINING: Mutex<()> = Mutex::new(());
+    TRAINING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 fn tmp(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("kiln-train-{}-{name}", std::process::id()));
@@ -68,6 +79,7 @@ fn weights(dir: &Path) -> torchvision::StateDict {
 
 #[test]
 fn seeded_runs_are_bitwise_identical_and_resume_equals_uninterrupted() {
+    let _training = one_at_a_time();
     let data = tmp("det-data");
     dataset(&data, 16);
     let (a, b, c) = (tmp("det-a"), tmp("det-b"), tmp("det-c"));
@@ -106,6 +118,7 @@ fn seeded_runs_are_bitwise_identical_and_resume_equals_uninterrupted() {
 
 #[test]
 fn early_stopping_stops_on_patience_and_keeps_the_best_epoch() {
+    let _training = one_at_a_time();
     let data = tmp("es-data");
     dataset(&data, 8);
     let out = tmp("es-out");
@@ -151,6 +164,7 @@ fn early_stopping_stops_on_patience_and_keeps_the_best_epoch() {
 
 #[test]
 fn writes_model_dir_metrics_curves_and_keeps_two_checkpoints_and_the_best() {
+    let _training = one_at_a_time();
     let data = tmp("out-data");
     dataset(&data, 8);
     let out = tmp("out-out");
@@ -191,6 +205,7 @@ fn writes_model_dir_metrics_curves_and_keeps_two_checkpoints_and_the_best() {
 
 #[test]
 fn transfer_learning_from_torchvision_weights_with_a_frozen_backbone() {
+    let _training = one_at_a_time();
     let data = tmp("tl-data");
     dataset(&data, 8);
     let out = tmp("tl-out");
@@ -219,6 +234,7 @@ fn transfer_learning_from_torchvision_weights_with_a_frozen_backbone() {
 
 #[test]
 fn bad_options_and_data_are_clear_errors() {
+    let _training = one_at_a_time();
     let data = tmp("bad-data");
     dataset(&data, 4);
     std::fs::create_dir_all(data.join("val/green")).expect("dir");
@@ -246,6 +262,7 @@ fn bad_options_and_data_are_clear_errors() {
 
 #[test]
 fn memory_efficient_densenet_trains_like_the_plain_one() {
+    let _training = one_at_a_time();
     let data = tmp("me-data");
     dataset(&data, 4);
     let run = |memory_efficient: bool| {
