@@ -5,7 +5,9 @@
 use std::process::Command;
 use std::time::Instant;
 
-/// Median of `values` (NaN for none).
+/// Median of `values` (NaN for none): the middle value, or the mean of the two middle values
+/// of an even count. That is the textbook median, and the one the PyTorch peers report
+/// (`statistics.median`), so kiln's and the peers' figures are comparable.
 pub fn median(values: &[f64]) -> f64 {
     let mut v = values.to_vec();
     v.sort_by(f64::total_cmp);
@@ -14,6 +16,20 @@ pub fn median(values: &[f64]) -> f64 {
         n if n % 2 == 1 => v[n / 2],
         n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
     }
+}
+
+/// Peak resident memory of this process, in MiB (Linux), or 0.
+pub fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|kb| kb.parse::<f64>().ok())
+            })
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 /// Milliseconds each of `steps` calls of `step` takes, after `warmup` untimed calls.

@@ -10,6 +10,8 @@ use anyhow::Result;
 use burn::optim::GradientsParams;
 use burn::tensor::{Distribution, Int, Tensor};
 use clap::{Args, Subcommand};
+use kiln_benches::{median, peak_rss_mb};
+use kiln_engine::config::{DeviceKind, parse_choice};
 use kiln_engine::data::transform::{IMAGENET_MEAN, IMAGENET_STD};
 use kiln_engine::data::{Augment, ImageFolder, Loader, LoaderConfig, Sampler};
 use kiln_engine::dist::launcher::{self, LaunchConfig};
@@ -17,7 +19,6 @@ use kiln_engine::dist::rendezvous::Warn;
 use kiln_engine::dist::{ReduceOp, RingAllReduce, Solo, Transport, Wire, WorldInfo};
 use kiln_engine::train::loss::cross_entropy;
 use kiln_engine::train::sgd::{Sgd, SgdConfig};
-use kiln_engine::train::trainer::device_by_name;
 use kiln_models::Arch;
 
 /// Arguments of `kiln bench`.
@@ -32,8 +33,8 @@ enum BenchCommand {
     /// Full training steps (forward, loss, backward, SGD) on synthetic data.
     Train {
         /// Architecture.
-        #[arg(long, default_value = "resnet18")]
-        arch: String,
+        #[arg(long, default_value = "resnet18", value_parser = parse_choice::<Arch>)]
+        arch: Arch,
         /// Images per step.
         #[arg(long, default_value_t = 16)]
         batch_size: usize,
@@ -44,8 +45,8 @@ enum BenchCommand {
         #[arg(long, default_value_t = 10)]
         steps: usize,
         /// cpu, wgpu or cuda.
-        #[arg(long, default_value = "cpu")]
-        device: String,
+        #[arg(long, default_value = "cpu", value_parser = parse_choice::<DeviceKind>)]
+        device: DeviceKind,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -80,8 +81,8 @@ enum BenchCommand {
         #[arg(long, default_value_t = 10)]
         iters: usize,
         /// cpu, wgpu or cuda.
-        #[arg(long, default_value = "cpu")]
-        device: String,
+        #[arg(long, default_value = "cpu", value_parser = parse_choice::<DeviceKind>)]
+        device: DeviceKind,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -89,8 +90,8 @@ enum BenchCommand {
     /// kiln's fused kernels against their plain-burn references on one device.
     Kernels {
         /// cpu, wgpu or cuda.
-        #[arg(long, default_value = "cpu")]
-        device: String,
+        #[arg(long, default_value = "cpu", value_parser = parse_choice::<DeviceKind>)]
+        device: DeviceKind,
         /// MiB of f32 per tensor (default: about resnet18's 11.7M parameters).
         #[arg(long, default_value_t = 44.6)]
         size_mb: f64,
@@ -120,26 +121,6 @@ enum BenchCommand {
     },
 }
 
-/// The median (the upper one of an even count).
-pub(crate) fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-}
-
-/// Peak resident memory of this process, in MiB (Linux), or 0.
-fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .and_then(|kb| kb.parse::<f64>().ok())
-            })
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
 /// Runs `kiln bench`.
 pub fn run(args: BenchArgs) -> Result<ExitCode> {
     match args.command {
@@ -148,7 +129,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
             size_mb,
             iters,
             json,
-        } => return crate::bench_kernels::run(&device, size_mb, iters, json),
+        } => crate::bench_kernels::run(device, size_mb, iters, json),
         BenchCommand::Train {
             arch,
             batch_size,
@@ -156,171 +137,201 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
             steps,
             device,
             json,
-        } => {
-            let arch: Arch = arch.parse()?;
-            let device = device_by_name(&device)?.autodiff();
-            let classes = 10;
-            device.seed(1);
-            let mut model = arch.init(classes, &device);
-            let mut sgd = Sgd::new(SgdConfig {
-                momentum: 0.9,
-                dampening: 0.0,
-                weight_decay: 0.0,
-                nesterov: false,
-            });
-            let x = Tensor::<4>::random(
-                [batch_size, 3, image_size, image_size],
-                Distribution::Normal(0.0, 1.0),
-                &device,
-            );
-            let y = Tensor::<1, Int>::random(
-                [batch_size],
-                Distribution::Uniform(0.0, classes as f64),
-                &device,
-            );
-            let mut times = Vec::new();
-            for i in 0..steps + 2 {
-                let t = Instant::now();
-                let loss = cross_entropy(model.forward(x.clone()), y.clone());
-                let grads = GradientsParams::from_grads(loss.backward(), &model);
-                model = sgd.step(model, grads, 0.001, 0.001);
-                let _: f32 = loss.into_scalar();
-                if i >= 2 {
-                    times.push(t.elapsed().as_secs_f64() * 1e3);
-                }
-            }
-            let step_ms = median(times.clone());
-            let ips = batch_size as f64 / step_ms * 1e3;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::json!({
-                        "engine": "kiln", "arch": arch.name(), "batch_size": batch_size,
-                        "image_size": image_size, "median_images_per_s": ips,
-                        "median_step_ms": step_ms, "times_ms": times, "peak_rss_mb": peak_rss_mb(),
-                    })
-                );
-            } else {
-                println!(
-                    "{:<12} {:>6} {:>6} {:>12} {:>10} {:>10}",
-                    "arch", "batch", "px", "step ms", "img/s", "RSS MiB"
-                );
-                println!(
-                    "{:<12} {:>6} {:>6} {:>12.1} {:>10.1} {:>10.0}",
-                    arch.name(),
-                    batch_size,
-                    image_size,
-                    step_ms,
-                    ips,
-                    peak_rss_mb()
-                );
-            }
-        }
+        } => train(arch, batch_size, image_size, steps, device, json),
         BenchCommand::Allreduce {
             nproc,
             size_mb,
             iters,
             fp16,
             json,
-        } => return allreduce(nproc, size_mb, iters, fp16, json),
+        } => allreduce(nproc, size_mb, iters, fp16, json),
         BenchCommand::Predict {
             model,
             batch_size,
             iters,
             device,
             json,
-        } => {
-            let device = device_by_name(&device)?;
-            let (net, info) = kiln_engine::model_dir::load(&model, &device)?;
-            let s = info.image_size as usize;
-            let x = Tensor::<4>::random(
-                [batch_size, 3, s, s],
-                Distribution::Normal(0.0, 1.0),
-                &device,
-            );
-            let mut times = Vec::new();
-            for i in 0..iters + 2 {
-                let t = Instant::now();
-                let _ = net.forward(x.clone()).into_data();
-                if i >= 2 {
-                    times.push(t.elapsed().as_secs_f64() * 1e3);
-                }
-            }
-            let ms = median(times.clone());
-            let ips = batch_size as f64 / ms * 1e3;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::json!({"engine": "kiln", "arch": info.arch, "batch_size": batch_size,
-                        "image_size": s, "median_ms": ms, "images_per_s": ips, "times_ms": times})
-                );
-            } else {
-                println!(
-                    "{:<14} {:>6} {:>6} {:>10} {:>10}",
-                    "arch", "batch", "px", "ms", "img/s"
-                );
-                println!(
-                    "{:<14} {:>6} {:>6} {:>10.1} {:>10.1}",
-                    info.arch, batch_size, s, ms, ips
-                );
-            }
-        }
+        } => predict(&model, batch_size, iters, device, json),
         BenchCommand::Data {
             dir,
             image_size,
             batch_size,
             workers,
             json,
-        } => {
-            let folder = ImageFolder::scan(&dir)?;
-            let loader = Loader::new(
-                folder.samples.clone(),
-                LoaderConfig {
-                    batch_size,
-                    image_size,
-                    augment: Some(Augment::Standard),
-                    seed: 1,
-                    workers,
-                    prefetch: 2,
-                    skip_bad_images: false,
-                    mean: IMAGENET_MEAN,
-                    std: IMAGENET_STD,
-                    raw: false,
-                },
-            )?;
-            let sampler = Sampler {
-                len: folder.len(),
-                world: 1,
-                rank: 0,
-                shuffle: true,
-                seed: 1,
-            };
-            let start = Instant::now();
-            let mut images = 0;
-            for batch in loader.batches(0, sampler.indices(0)) {
-                images += batch?.len();
-            }
-            let secs = start.elapsed().as_secs_f64();
-            if json {
-                println!(
-                    "{}",
-                    serde_json::json!({"engine": "kiln", "images": images, "seconds": secs,
-                        "images_per_s": images as f64 / secs, "peak_rss_mb": peak_rss_mb()})
-                );
-            } else {
-                println!(
-                    "{:<8} {:>10} {:>10} {:>10}",
-                    "images", "seconds", "img/s", "RSS MiB"
-                );
-                println!(
-                    "{:<8} {:>10.2} {:>10.1} {:>10.0}",
-                    images,
-                    secs,
-                    images as f64 / secs,
-                    peak_rss_mb()
-                );
-            }
+        } => data(&dir, image_size, batch_size, workers, json),
+    }
+}
+
+/// `kiln bench train`: full SGD steps of `arch` on synthetic data, median of `steps` after two
+/// warm-up steps.
+fn train(
+    arch: Arch,
+    batch_size: usize,
+    image_size: usize,
+    steps: usize,
+    device: DeviceKind,
+    json: bool,
+) -> Result<ExitCode> {
+    let device = device.open()?.autodiff();
+    let classes = 10;
+    device.seed(1);
+    let mut model = arch.init(classes, &device);
+    let mut sgd = Sgd::new(SgdConfig {
+        momentum: 0.9,
+        dampening: 0.0,
+        weight_decay: 0.0,
+        nesterov: false,
+    });
+    let x = Tensor::<4>::random(
+        [batch_size, 3, image_size, image_size],
+        Distribution::Normal(0.0, 1.0),
+        &device,
+    );
+    let y = Tensor::<1, Int>::random(
+        [batch_size],
+        Distribution::Uniform(0.0, classes as f64),
+        &device,
+    );
+    let mut times = Vec::new();
+    for i in 0..steps + 2 {
+        let t = Instant::now();
+        let loss = cross_entropy(model.forward(x.clone()), y.clone());
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = sgd.step(model, grads, 0.001, 0.001);
+        let _: f32 = loss.into_scalar();
+        if i >= 2 {
+            times.push(t.elapsed().as_secs_f64() * 1e3);
         }
+    }
+    let step_ms = median(&times);
+    let ips = batch_size as f64 / step_ms * 1e3;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "engine": "kiln", "arch": arch.name(), "batch_size": batch_size,
+                "image_size": image_size, "median_images_per_s": ips,
+                "median_step_ms": step_ms, "times_ms": times, "peak_rss_mb": peak_rss_mb(),
+            })
+        );
+    } else {
+        println!(
+            "{:<12} {:>6} {:>6} {:>12} {:>10} {:>10}",
+            "arch", "batch", "px", "step ms", "img/s", "RSS MiB"
+        );
+        println!(
+            "{:<12} {:>6} {:>6} {:>12.1} {:>10.1} {:>10.0}",
+            arch.name(),
+            batch_size,
+            image_size,
+            step_ms,
+            ips,
+            peak_rss_mb()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kiln bench predict`: eval forward passes of a trained model directory on random input.
+fn predict(
+    model: &std::path::Path,
+    batch_size: usize,
+    iters: usize,
+    device: DeviceKind,
+    json: bool,
+) -> Result<ExitCode> {
+    let device = device.open()?;
+    let (net, info) = kiln_engine::model_dir::load(model, &device)?;
+    let s = info.image_size as usize;
+    let x = Tensor::<4>::random(
+        [batch_size, 3, s, s],
+        Distribution::Normal(0.0, 1.0),
+        &device,
+    );
+    let mut times = Vec::new();
+    for i in 0..iters + 2 {
+        let t = Instant::now();
+        let _ = net.forward(x.clone()).into_data();
+        if i >= 2 {
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    let ms = median(&times);
+    let ips = batch_size as f64 / ms * 1e3;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"engine": "kiln", "arch": info.arch, "batch_size": batch_size,
+                "image_size": s, "median_ms": ms, "images_per_s": ips, "times_ms": times})
+        );
+    } else {
+        println!(
+            "{:<14} {:>6} {:>6} {:>10} {:>10}",
+            "arch", "batch", "px", "ms", "img/s"
+        );
+        println!(
+            "{:<14} {:>6} {:>6} {:>10.1} {:>10.1}",
+            info.arch, batch_size, s, ms, ips
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kiln bench data`: the loader over an image folder with the training transform.
+fn data(
+    dir: &std::path::Path,
+    image_size: u32,
+    batch_size: usize,
+    workers: usize,
+    json: bool,
+) -> Result<ExitCode> {
+    let folder = ImageFolder::scan(dir)?;
+    let loader = Loader::new(
+        folder.samples.clone(),
+        LoaderConfig {
+            batch_size,
+            image_size,
+            augment: Some(Augment::Standard),
+            seed: 1,
+            workers,
+            prefetch: 2,
+            skip_bad_images: false,
+            mean: IMAGENET_MEAN,
+            std: IMAGENET_STD,
+            raw: false,
+        },
+    )?;
+    let sampler = Sampler {
+        len: folder.len(),
+        world: 1,
+        rank: 0,
+        shuffle: true,
+        seed: 1,
+    };
+    let start = Instant::now();
+    let mut images = 0;
+    for batch in loader.batches(0, sampler.indices(0)) {
+        images += batch?.len();
+    }
+    let secs = start.elapsed().as_secs_f64();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"engine": "kiln", "images": images, "seconds": secs,
+                "images_per_s": images as f64 / secs, "peak_rss_mb": peak_rss_mb()})
+        );
+    } else {
+        println!(
+            "{:<8} {:>10} {:>10} {:>10}",
+            "images", "seconds", "img/s", "RSS MiB"
+        );
+        println!(
+            "{:<8} {:>10.2} {:>10.1} {:>10.0}",
+            images,
+            secs,
+            images as f64 / secs,
+            peak_rss_mb()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -364,7 +375,7 @@ fn allreduce(nproc: usize, size_mb: f64, iters: usize, fp16: bool, json: bool) -
     if world.rank != 0 {
         return Ok(ExitCode::SUCCESS);
     }
-    let ms = median(times.clone());
+    let ms = median(&times);
     let n = world.world_size as f64;
     let bytes = len as f64 * 4.0;
     // nccl-tests' definitions: algorithm bandwidth, and bus bandwidth = algbw * 2(n-1)/n.

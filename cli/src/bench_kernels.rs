@@ -9,14 +9,13 @@ use std::time::Instant;
 
 use anyhow::Result;
 use burn::tensor::{DType, Device, Distribution, Int, Tensor};
+use kiln_benches::median;
+use kiln_engine::config::{Choice, DeviceKind};
 use kiln_engine::data::transform::{IMAGENET_MEAN, IMAGENET_STD};
 use kiln_engine::kernels::is_cube_device;
 use kiln_engine::kernels::preprocess::{self, RawBatch};
-use kiln_engine::kernels::sgd_update;
+use kiln_engine::kernels::sgd_update::{self, SgdParams};
 use kiln_engine::kernels::{bucket, cross_entropy};
-use kiln_engine::train::trainer::device_by_name;
-
-use crate::bench::median;
 
 /// Median seconds of `iters` calls of `step` (after 2 warm-up calls), each synchronised.
 fn time(device: &Device, iters: usize, mut step: impl FnMut()) -> Result<f64> {
@@ -31,39 +30,27 @@ fn time(device: &Device, iters: usize, mut step: impl FnMut()) -> Result<f64> {
             times.push(t.elapsed().as_secs_f64());
         }
     }
-    Ok(median(times))
+    Ok(median(&times))
 }
 
 /// The signature `sgd_update` and its reference share.
-type SgdStep = fn(
-    Tensor<1>,
-    Tensor<1>,
-    Option<Tensor<1>>,
-    f64,
-    f64,
-    f64,
-    f64,
-    bool,
-    bool,
-) -> (Tensor<1>, Option<Tensor<1>>);
+type SgdStep =
+    fn(Tensor<1>, Tensor<1>, Option<Tensor<1>>, &SgdParams) -> (Tensor<1>, Option<Tensor<1>>);
 
 /// Median seconds of one momentum SGD step over `n` elements. Parameter and buffer are passed
 /// on, so the fused step can update them in place when it holds the only reference.
 fn time_sgd(device: &Device, n: usize, iters: usize, step: SgdStep) -> Result<f64> {
     let random = || Tensor::<1>::random([n], Distribution::Normal(0.0, 1.0), device);
     let (mut p, g, mut b) = (random(), random(), Some(random()));
+    let params = SgdParams {
+        lr: 0.01,
+        momentum: 0.9,
+        dampening: 0.0,
+        weight_decay: 1e-4,
+        nesterov: false,
+    };
     time(device, iters, || {
-        let (np, nb) = step(
-            p.clone(),
-            g.clone(),
-            b.take(),
-            0.01,
-            0.9,
-            0.0,
-            1e-4,
-            false,
-            false,
-        );
+        let (np, nb) = step(p.clone(), g.clone(), b.take(), &params);
         (p, b) = (np, nb);
     })
 }
@@ -146,9 +133,9 @@ struct Row {
 }
 
 /// Runs `kiln bench kernels`.
-pub fn run(device: &str, size_mb: f64, iters: usize, json: bool) -> Result<ExitCode> {
-    let name = device;
-    let device = device_by_name(device)?;
+pub fn run(device: DeviceKind, size_mb: f64, iters: usize, json: bool) -> Result<ExitCode> {
+    let name = device.name();
+    let device = device.open()?;
     let n = ((size_mb * 1048576.0 / 4.0) as usize).max(1);
     let mut rows = Vec::new();
     rows.push(Row {

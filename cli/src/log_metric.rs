@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Args;
-use kiln_engine::runs::ingest;
+use kiln_runs::ingest;
 
 /// Arguments of `kiln log-metric`.
 #[derive(Args, Debug)]

@@ -16,7 +16,7 @@ mod train;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// kiln: train and serve ResNet and DenseNet image classifiers.
 #[derive(Parser, Debug)]
@@ -54,7 +54,8 @@ enum Command {
 
 fn main() -> ExitCode {
     kiln_engine::train::allocator::keep_freed_memory();
-    let cli = Cli::parse();
+    let command = Cli::command().mut_subcommand("train", train::with_defaults);
+    let cli = Cli::from_arg_matches(&command.get_matches()).unwrap_or_else(|e| e.exit());
     let result = match cli.command {
         Command::Train(args) => train::run(args),
         Command::Predict(args) => predict::run(args),

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
-use kiln_engine::runs::{self, ModelRegistry, RunHistory};
+use kiln_runs::{self as runs, ModelRegistry, RunHistory};
 
 use crate::table;
 

@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 use clap::{Args, Subcommand};
-use kiln_engine::runs::command::RunPaths;
-use kiln_engine::runs::registry::{inside, resolve_in};
-use kiln_engine::runs::{self, RunHistory, RunRecord, submit};
 use kiln_engine::train::curves::{Series, draw_metrics};
+use kiln_runs::RunPaths;
+use kiln_runs::registry::{inside, resolve_in};
+use kiln_runs::{self as runs, RunHistory, RunRecord, submit};
 
 use crate::table;
 
@@ -205,10 +205,7 @@ fn show(history: &RunHistory, run: &str, json: bool) -> Result<ExitCode> {
     if !artifacts.is_empty() {
         println!("artifacts");
         for (path, size) in &artifacts {
-            println!(
-                "  {path:<40} {}",
-                kiln_engine::runs::snapshot::human_bytes(*size)
-            );
+            println!("  {path:<40} {}", runs::snapshot::human_bytes(*size));
         }
     }
     Ok(ExitCode::SUCCESS)

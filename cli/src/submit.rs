@@ -7,8 +7,8 @@ use std::process::{Command, ExitCode, Stdio};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use kiln_engine::job::JobSpec;
-use kiln_engine::runs::{self, RunHistory, RunStatus, SubmitterLock, submit};
+use kiln_runs::JobSpec;
+use kiln_runs::{self as runs, RunHistory, RunStatus, SubmitterLock, submit};
 
 /// Arguments of `kiln submit`.
 #[derive(Args, Debug)]

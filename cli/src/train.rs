@@ -1,5 +1,5 @@
-//! `kiln train`: flags (or a job file's `[train]` table) to a `TrainConfig`, then the engine's
-//! trainer.
+//! `kiln train`: flags over a job file's `[train]` table (or the defaults) make a `TrainConfig`,
+//! checked by its one `validate()`; then the launcher, or one worker of the engine's trainer.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -9,204 +9,200 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use kiln_engine::config::{DeviceKind, Monitor, Schedule, parse_choice};
+use kiln_engine::data::Augment;
 use kiln_engine::dist::launcher::{self, LaunchConfig};
 use kiln_engine::dist::rendezvous::Warn;
 use kiln_engine::dist::{RingAllReduce, WorldInfo};
+use kiln_engine::models::Arch;
 use kiln_engine::train::progress::Progress;
 use kiln_engine::train::{TrainConfig, Trainer};
+use kiln_runs::JobSpec;
+use serde::Serialize;
 
-/// Arguments of `kiln train`; every one overrides the job file's value.
-#[derive(Args, Debug, Default)]
+/// Arguments of `kiln train`; every one given overrides the job file's value. They carry no
+/// defaults of their own: those are `TrainConfig::default()`'s, shown by [`with_defaults`].
+/// Each is named as the `TrainConfig` field it sets (the launcher's are skipped).
+#[derive(Args, Debug, Default, Serialize)]
 pub struct TrainArgs {
     /// A job file whose `[train]` table gives defaults for these flags.
     #[arg(long)]
+    #[serde(skip)]
     job: Option<PathBuf>,
     /// A directory with train/ and val/ image folders (default: the bundled Fashion-MNIST subset).
     #[arg(long)]
     data: Option<PathBuf>,
-    /// The training image folder.
+    /// The training image folder (with --val).
     #[arg(long)]
     train: Option<PathBuf>,
-    /// The validation image folder.
+    /// The validation image folder (with --train).
     #[arg(long)]
     val: Option<PathBuf>,
-    /// torchvision architecture name (default resnet18).
-    #[arg(long)]
-    arch: Option<String>,
+    /// torchvision architecture name.
+    #[arg(long, value_parser = parse_choice::<Arch>)]
+    arch: Option<Arch>,
     /// torchvision weights (.pth or .safetensors) to start from; the head is replaced.
     #[arg(long)]
     pretrained: Option<PathBuf>,
     /// Train only the classifier head.
     #[arg(long)]
     freeze_backbone: bool,
-    /// Maximum epochs (default 5).
-    #[arg(long)]
+    /// Maximum epochs.
+    #[arg(long, allow_negative_numbers = true)]
     epochs: Option<usize>,
-    /// Images per step (default 16).
-    #[arg(long)]
+    /// Images per step (per worker).
+    #[arg(long, allow_negative_numbers = true)]
     batch_size: Option<usize>,
-    /// Learning rate (default 0.001).
-    #[arg(long)]
+    /// Learning rate.
+    #[arg(long, allow_negative_numbers = true)]
     lr: Option<f64>,
     /// Learning rate of the classifier head (default: --lr).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     head_lr: Option<f64>,
-    /// SGD momentum (default 0.9).
-    #[arg(long)]
+    /// SGD momentum.
+    #[arg(long, allow_negative_numbers = true)]
     momentum: Option<f64>,
-    /// SGD dampening (default 0).
-    #[arg(long)]
+    /// SGD dampening.
+    #[arg(long, allow_negative_numbers = true)]
     dampening: Option<f64>,
-    /// L2 weight decay (default 0).
-    #[arg(long)]
+    /// L2 weight decay.
+    #[arg(long, allow_negative_numbers = true)]
     weight_decay: Option<f64>,
     /// Nesterov momentum.
     #[arg(long)]
     nesterov: bool,
-    /// Epochs of linear learning-rate warm-up (default 0).
-    #[arg(long)]
+    /// Epochs of linear learning-rate warm-up.
+    #[arg(long, allow_negative_numbers = true)]
     warmup_epochs: Option<usize>,
-    /// constant, step, cosine or poly (default constant).
-    #[arg(long)]
-    schedule: Option<String>,
-    /// Seed (default 1).
-    #[arg(long)]
+    /// constant, step, cosine or poly.
+    #[arg(long, value_parser = parse_choice::<Schedule>)]
+    schedule: Option<Schedule>,
+    /// Epochs between decays of the step schedule.
+    #[arg(long, allow_negative_numbers = true)]
+    step_size: Option<usize>,
+    /// Decay factor of the step schedule.
+    #[arg(long, allow_negative_numbers = true)]
+    gamma: Option<f64>,
+    /// Seed of initialisation, shuffling and augmentation.
+    #[arg(long, allow_negative_numbers = true)]
     seed: Option<u64>,
-    /// Epochs without improvement before stopping early (default 3).
-    #[arg(long)]
+    /// Epochs without improvement before stopping early.
+    #[arg(long, allow_negative_numbers = true)]
     patience: Option<usize>,
-    /// Smallest improvement that counts (default 0).
-    #[arg(long)]
+    /// Smallest improvement that counts.
+    #[arg(long, allow_negative_numbers = true)]
     min_delta: Option<f64>,
-    /// val_loss or val_acc (default val_loss).
-    #[arg(long)]
-    monitor: Option<String>,
+    /// val_loss or val_acc.
+    #[arg(long, value_parser = parse_choice::<Monitor>)]
+    monitor: Option<Monitor>,
     /// Square image side (default: from the data, 32 to 224).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     image_size: Option<u32>,
-    /// standard, flip or none (default standard).
-    #[arg(long)]
-    augment: Option<String>,
-    /// auto, cpu, wgpu or cuda (default auto: the CPU).
-    #[arg(long)]
-    device: Option<String>,
+    /// standard, flip or none.
+    #[arg(long, value_parser = parse_choice::<Augment>)]
+    augment: Option<Augment>,
+    /// auto, cpu, wgpu or cuda (auto: the CPU).
+    #[arg(long, value_parser = parse_choice::<DeviceKind>)]
+    device: Option<DeviceKind>,
     /// Decode threads (default: the cores available).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     workers: Option<usize>,
     /// Skip images that do not decode, and count them.
     #[arg(long)]
     skip_bad_images: bool,
-    /// Where model/, checkpoints/ and curves.png go (default ./outputs; logs/ beside it).
+    /// Where model/, checkpoints/ and curves.png go (logs/ beside it).
     #[arg(long)]
     output_dir: Option<PathBuf>,
     /// Continue the run in this output directory (or this checkpoint).
     #[arg(long)]
     resume: Option<PathBuf>,
     /// Stop each epoch after this many steps.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     max_steps_per_epoch: Option<usize>,
     /// DenseNet: recompute concatenations and BN in backward to save memory.
     #[arg(long)]
     memory_efficient: bool,
     /// Start N workers on this node (like torchrun) and forward their output.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
+    #[serde(skip)]
     nproc_per_node: Option<usize>,
     /// Nodes in a multi-node job (with --nproc-per-node).
     #[arg(long, default_value_t = 1)]
+    #[serde(skip)]
     nnodes: usize,
     /// This node's index, from 0 (with --nproc-per-node).
     #[arg(long, default_value_t = 0)]
+    #[serde(skip)]
     node_rank: usize,
     /// Rank 0's host (with --nproc-per-node; default 127.0.0.1).
     #[arg(long)]
+    #[serde(skip)]
     master_addr: Option<String>,
     /// Rank 0's port (with --nproc-per-node; default a free port on one node, 29500 on several).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
+    #[serde(skip)]
     master_port: Option<u16>,
     /// Seconds a dead or silent worker is waited for before the job stops (default 30).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
+    #[serde(skip)]
     dist_timeout: Option<f64>,
     /// Multiply the learning rate by the number of workers (Horovod's recommendation).
     #[arg(long)]
     scale_lr: bool,
-    /// Gradient fusion bucket in MiB (default 64).
-    #[arg(long)]
+    /// Gradient fusion bucket in MiB.
+    #[arg(long, allow_negative_numbers = true)]
     bucket_mb: Option<f64>,
     /// Send gradients as f16 between workers.
     #[arg(long)]
     fp16_allreduce: bool,
 }
 
-/// The job file's `[train]` table, validated as `kiln submit` validates it, paths made
-/// relative to the job file.
-fn job_train_table(path: &std::path::Path) -> Result<TrainConfig> {
-    Ok(kiln_engine::job::JobSpec::load(path)?.train)
+/// `kiln train`'s help with each option's default appended, read from `TrainConfig::default()`.
+pub fn with_defaults(train: clap::Command) -> clap::Command {
+    let Ok(toml::Value::Table(defaults)) = toml::Value::try_from(TrainConfig::default()) else {
+        return train;
+    };
+    let mut train = train;
+    for (key, value) in &defaults {
+        let shown = match value {
+            toml::Value::Boolean(false) => continue,
+            toml::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        if train.get_arguments().any(|a| a.get_id() == key.as_str()) {
+            train = train.mut_arg(key, |arg| {
+                let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+                arg.help(format!("{help} [default: {shown}]"))
+            });
+        }
+    }
+    train
 }
 
-/// Merges flags over the job file (or the defaults).
-pub fn config(args: TrainArgs) -> Result<TrainConfig> {
-    let mut c = match &args.job {
-        Some(job) => job_train_table(job)?,
+/// The flags given, over the job file's `[train]` table (validated, paths relative to the job
+/// file) or the defaults, then checked: a bad value is refused naming its flag.
+pub fn config(args: &TrainArgs) -> Result<TrainConfig> {
+    let base = match &args.job {
+        Some(job) => JobSpec::load(job)?.train,
         None => TrainConfig::default(),
     };
-    macro_rules! set {
-        ($($field:ident),*) => {$(if let Some(v) = args.$field { c.$field = v.into(); })*};
+    // A TOML value tree, not JSON: it keeps NaN and infinities (which JSON turns into null),
+    // so `--lr NaN` reaches `validate` instead of vanishing.
+    let mut merged = toml::Value::try_from(&base).context("the training options")?;
+    let given = toml::Value::try_from(args).context("a path given on the command line")?;
+    if let (Some(merged), Some(given)) = (merged.as_table_mut(), given.as_table()) {
+        for (key, value) in given {
+            // Switches not given are false; options not given are absent.
+            if value.as_bool() != Some(false) {
+                merged.insert(key.clone(), value.clone());
+            }
+        }
     }
-    set!(
-        arch,
-        epochs,
-        batch_size,
-        lr,
-        momentum,
-        dampening,
-        weight_decay,
-        warmup_epochs,
-        seed,
-        patience,
-        min_delta,
-        output_dir
-    );
-    macro_rules! set_opt {
-        ($($field:ident),*) => {$(if args.$field.is_some() { c.$field = args.$field; })*};
+    let config: TrainConfig = merged.try_into().context("the training options")?;
+    if let Err(e) = config.validate() {
+        bail!("{}: {}", e.flag(), e.message);
     }
-    set_opt!(
-        data,
-        train,
-        val,
-        pretrained,
-        head_lr,
-        image_size,
-        workers,
-        resume,
-        max_steps_per_epoch
-    );
-    if let Some(mb) = args.bucket_mb {
-        c.bucket_mb = mb;
-    }
-    if let Some(device) = args.device {
-        c.device = device;
-    }
-    if let Some(s) = args.schedule {
-        c.schedule = s.parse().map_err(|e| anyhow::anyhow!("--schedule {e}"))?;
-    }
-    if let Some(m) = args.monitor {
-        c.monitor = m.parse().map_err(|e| anyhow::anyhow!("--monitor {e}"))?;
-    }
-    if let Some(a) = args.augment {
-        c.augment = a.parse().map_err(|e| anyhow::anyhow!("--augment {e}"))?;
-    }
-    c.freeze_backbone |= args.freeze_backbone;
-    c.nesterov |= args.nesterov;
-    c.skip_bad_images |= args.skip_bad_images;
-    c.memory_efficient |= args.memory_efficient;
-    c.scale_lr |= args.scale_lr;
-    c.fp16_allreduce |= args.fp16_allreduce;
-    if let Some(outputs) =
-        std::env::var_os("KILN_OUTPUTS").filter(|_| c.output_dir == std::path::Path::new("outputs"))
-    {
-        c.output_dir = PathBuf::from(outputs);
-    }
-    Ok(c)
+    Ok(config)
 }
 
 /// Flags that belong to the launcher and are not passed on to its workers.
@@ -246,6 +242,8 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
         Some(t) => bail!("--dist-timeout {t}: expected seconds, more than 0 and at most a day"),
         None => None,
     };
+    // Checked once here, before any worker starts.
+    let config = config(&args)?;
     if let Some(nproc) = args
         .nproc_per_node
         .filter(|_| std::env::var_os("RANK").is_none())
@@ -275,7 +273,6 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
     if let Some(t) = timeout {
         world.timeout = t;
     }
-    let config = config(args)?;
     let rank = world.rank;
     let progress = if rank == 0 {
         Progress::stdout("")

@@ -1,10 +1,11 @@
 //! The `kiln` binary end to end: train on the bundled dataset, predict with the result, score a
 //! raw tensor, and the errors a user sees.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 use burn::tensor::{Device, Distribution, Tensor};
+use kiln_engine::kernels::testing::temp_dir;
 use kiln_models::{Arch, torchvision};
 
 fn kiln(args: &[&str]) -> Output {
@@ -15,20 +16,13 @@ fn kiln(args: &[&str]) -> Output {
         .expect("kiln runs")
 }
 
-fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("kiln-cli-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
-}
-
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
 #[test]
 fn train_on_the_bundled_dataset_learns_then_predicts() {
-    let out = tmp("train");
+    let out = temp_dir("train");
     let outputs = out.join("outputs");
     let o = kiln(&[
         "train",
@@ -111,7 +105,7 @@ fn train_on_the_bundled_dataset_learns_then_predicts() {
 
 #[test]
 fn predict_without_kiln_json_is_an_invalid_model_directory() {
-    let dir = tmp("nomodel");
+    let dir = temp_dir("nomodel");
     let o = kiln(&[
         "predict",
         "--model",
@@ -151,7 +145,7 @@ fn write_input(path: &Path, x: &Tensor<4>) {
 
 #[test]
 fn predict_scores_a_raw_tensor_with_torchvision_weights() {
-    let dir = tmp("raw");
+    let dir = temp_dir("raw");
     let device = Device::flex();
     for arch in [Arch::Resnet18, Arch::Densenet121] {
         let model = arch.init(7, &device).set_training(false);
@@ -204,7 +198,7 @@ fn predict_scores_a_raw_tensor_with_torchvision_weights() {
 
 #[test]
 fn job_file_train_table_and_unknown_keys() {
-    let dir = tmp("job");
+    let dir = temp_dir("job");
     let job = dir.join("job.toml");
     std::fs::write(&job, "name = \"x\"\n[train]\nepochs = 1\nbatch_sise = 8\n").expect("write");
     let o = kiln(&["train", "--job", job.to_str().unwrap()]);
@@ -214,4 +208,167 @@ fn job_file_train_table_and_unknown_keys() {
         err.contains("batch_sise") && err.contains("batch_size"),
         "{err}"
     );
+}
+
+/// Every numeric and named option with a bad value: `kiln train --flag value` and a job file's
+/// `[train] key = value` are refused with the same message naming the option, before any data
+/// is read.
+#[test]
+fn bad_option_values_get_the_same_error_on_the_command_line_and_in_a_job_file() {
+    let dir = temp_dir("bad-options");
+    // (option, command-line value, TOML value, what both messages say)
+    let cases = [
+        (
+            "epochs",
+            "0",
+            "0",
+            "epochs: 0 is out of range; expected at least 1",
+        ),
+        (
+            "batch_size",
+            "0",
+            "0",
+            "batch_size: 0 is out of range; expected at least 1",
+        ),
+        (
+            "lr",
+            "-1",
+            "-1.0",
+            "lr: -1 is out of range; expected a positive number",
+        ),
+        (
+            "lr",
+            "NaN",
+            "nan",
+            "lr: NaN is out of range; expected a positive number",
+        ),
+        (
+            "head_lr",
+            "0",
+            "0.0",
+            "head_lr: 0 is out of range; expected a positive number",
+        ),
+        (
+            "momentum",
+            "2",
+            "2.0",
+            "momentum: 2 is out of range; expected 0 <= momentum < 1",
+        ),
+        (
+            "dampening",
+            "1.5",
+            "1.5",
+            "dampening: 1.5 is out of range; expected 0 to 1",
+        ),
+        (
+            "weight_decay",
+            "-0.1",
+            "-0.1",
+            "weight_decay: -0.1 is out of range; expected 0 or more",
+        ),
+        (
+            "step_size",
+            "0",
+            "0",
+            "step_size: 0 is out of range; expected at least 1",
+        ),
+        (
+            "gamma",
+            "inf",
+            "inf",
+            "gamma: inf is out of range; expected a positive number",
+        ),
+        (
+            "min_delta",
+            "-1",
+            "-1.0",
+            "min_delta: -1 is out of range; expected 0 or more",
+        ),
+        (
+            "image_size",
+            "0",
+            "0",
+            "image_size: 0 is out of range; expected 8 to 4096",
+        ),
+        (
+            "image_size",
+            "100000",
+            "100000",
+            "image_size: 100000 is out of range; expected 8 to 4096",
+        ),
+        (
+            "workers",
+            "0",
+            "0",
+            "workers: 0 is out of range; expected 1 to 1024",
+        ),
+        (
+            "max_steps_per_epoch",
+            "0",
+            "0",
+            "max_steps_per_epoch: 0 is out of range",
+        ),
+        (
+            "bucket_mb",
+            "0",
+            "0.0",
+            "bucket_mb: 0 is out of range; expected more than 0",
+        ),
+        (
+            "arch",
+            "resnet19",
+            "\"resnet19\"",
+            "unknown value 'resnet19'; did you mean 'resnet18'?",
+        ),
+        (
+            "schedule",
+            "cosin",
+            "\"cosin\"",
+            "unknown value 'cosin'; did you mean 'cosine'?; expected one of constant, step, cosine, poly",
+        ),
+        (
+            "monitor",
+            "val_los",
+            "\"val_los\"",
+            "unknown value 'val_los'; did you mean 'val_loss'?",
+        ),
+        (
+            "augment",
+            "flp",
+            "\"flp\"",
+            "unknown value 'flp'; did you mean 'flip'?",
+        ),
+        (
+            "device",
+            "gpu",
+            "\"gpu\"",
+            "unknown value 'gpu'; did you mean 'cpu'?",
+        ),
+    ];
+    for (option, cli_value, toml_value, message) in cases {
+        let flag = format!("--{}", option.replace('_', "-"));
+        let o = kiln(&["train", &flag, cli_value]);
+        let cli_err = text(&o.stderr);
+        assert!(!o.status.success(), "{flag} {cli_value} was accepted");
+        assert!(cli_err.contains(message), "{flag} {cli_value}: {cli_err}");
+        assert!(cli_err.contains(&flag), "{flag} {cli_value}: {cli_err}");
+
+        let job = dir.join("job.toml");
+        std::fs::write(
+            &job,
+            format!("name = \"x\"\n[train]\n{option} = {toml_value}\n"),
+        )
+        .expect("job file");
+        let o = kiln(&["train", "--job", job.to_str().expect("utf8")]);
+        let job_err = text(&o.stderr);
+        assert!(!o.status.success(), "{option} = {toml_value} was accepted");
+        assert!(
+            job_err.contains(message),
+            "{option} = {toml_value}: {job_err}"
+        );
+        assert!(
+            job_err.contains(&format!("job.toml:3: {option}: ")),
+            "{option} = {toml_value}: {job_err}"
+        );
+    }
 }

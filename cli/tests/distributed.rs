@@ -3,28 +3,15 @@
 //! the wrong token knocking on rank 0's port.
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
 
 use kiln_engine::dist::wire::Hello;
+use kiln_engine::kernels::testing::{free_port, temp_dir};
 
 const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-
-fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("kiln-dist-cli-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
 
 /// A short training: 32 px, a few steps per epoch, one decode thread per worker.
 fn train_args(outputs: &Path, epochs: &str, steps: &str) -> Vec<String> {
@@ -158,7 +145,7 @@ fn alive(pid: u32) -> bool {
 
 #[test]
 fn nproc_per_node_trains_two_workers_and_rank_0_writes() {
-    let out = tmp("launch");
+    let out = temp_dir("launch");
     let outputs = out.join("outputs");
     let mut args = train_args(&outputs, "2", "6");
     args.extend(["--nproc-per-node", "2"].map(String::from));
@@ -195,7 +182,7 @@ fn mpirun_starts_the_same_binary() {
         return;
     };
     assert!(found.status.success());
-    let out = tmp("mpirun");
+    let out = temp_dir("mpirun");
     let outputs = out.join("outputs");
     let o = Command::new("mpirun")
         .args(["--allow-run-as-root", "--oversubscribe", "-np", "2"])
@@ -222,7 +209,7 @@ fn mpirun_starts_the_same_binary() {
 
 #[test]
 fn a_killed_worker_stops_the_job_and_is_named() {
-    let out = tmp("kill");
+    let out = temp_dir("kill");
     let mut args = train_args(&out.join("outputs"), "3", "1000");
     args.extend(["--nproc-per-node", "3", "--dist-timeout", "10"].map(String::from));
     let (child, rx) = spawn(&args);
@@ -258,7 +245,7 @@ fn a_killed_worker_stops_the_job_and_is_named() {
 
 #[test]
 fn a_stranger_with_a_bad_token_is_refused_while_training_goes_on() {
-    let out = tmp("token");
+    let out = temp_dir("token");
     let outputs = out.join("outputs");
     let port = free_port();
     let mut args = train_args(&outputs, "1", "30");
@@ -294,7 +281,7 @@ fn a_stranger_with_a_bad_token_is_refused_while_training_goes_on() {
 
 #[test]
 fn a_stalled_worker_stops_the_job_after_the_timeout() {
-    let out = tmp("stall");
+    let out = temp_dir("stall");
     let mut args = train_args(&out.join("outputs"), "3", "1000");
     args.extend(["--nproc-per-node", "3", "--dist-timeout", "4"].map(String::from));
     let (child, rx) = spawn(&args);
@@ -332,7 +319,7 @@ fn a_stalled_worker_stops_the_job_after_the_timeout() {
 
 #[test]
 fn two_launchers_form_one_job_as_two_nodes() {
-    let out = tmp("nodes");
+    let out = temp_dir("nodes");
     let outputs = out.join("outputs");
     let port = free_port().to_string();
     let launch = |node: &str| {

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use burn::tensor::Device;
+use kiln_engine::kernels::testing::temp_dir;
 use kiln_engine::model_dir::{self, ModelInfo};
 use kiln_models::Arch;
 
@@ -13,13 +14,6 @@ fn kiln(args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("kiln runs")
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("kiln-export-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -48,7 +42,7 @@ fn s(p: &Path) -> &str {
 
 #[test]
 fn exports_a_model_directory_with_its_metadata() {
-    let root = tmp("ok");
+    let root = temp_dir("ok");
     let dir = model_dir(&root);
     let out = root.join("resnet18.onnx");
     let o = kiln(&[
@@ -88,7 +82,7 @@ fn exports_a_model_directory_with_its_metadata() {
 
 #[test]
 fn a_bad_model_directory_is_named() {
-    let root = tmp("bad");
+    let root = temp_dir("bad");
     let dir = model_dir(&root);
     let out = root.join("x.onnx");
     std::fs::write(
@@ -115,7 +109,7 @@ fn a_bad_model_directory_is_named() {
 
 #[test]
 fn an_unwritable_output_is_named_and_nothing_is_left() {
-    let root = tmp("unwritable");
+    let root = temp_dir("unwritable");
     let dir = model_dir(&root);
     // The output path is an existing directory: the rename over it fails.
     let out = root.join("taken");

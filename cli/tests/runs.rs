@@ -8,17 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use kiln_engine::kernels::testing::temp_dir;
 use serde_json::Value;
 
 const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 const KILN: &str = env!("CARGO_BIN_EXE_kiln");
-
-fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("kiln-runs-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
-}
 
 fn kiln(home: &Path, args: &[&str]) -> Output {
     Command::new(KILN)
@@ -85,7 +79,7 @@ fn alive(pid: &str) -> bool {
 
 #[test]
 fn built_in_training_job_completes_and_its_model_registers() {
-    let dir = tmp("builtin");
+    let dir = temp_dir("builtin");
     let home = dir.join("home");
     let data = Path::new(ROOT).join("data/fashion-mnist-mini");
     let job = dir.join("job.toml");
@@ -290,7 +284,7 @@ fn script_project(dir: &Path, script: &str) -> PathBuf {
 
 #[test]
 fn script_job_runs_in_its_snapshot_with_params_env_metrics_and_git() {
-    let dir = tmp("script");
+    let dir = temp_dir("script");
     let home = dir.join("home");
     let src = script_project(
         &dir,
@@ -373,7 +367,7 @@ fn script_job_runs_in_its_snapshot_with_params_env_metrics_and_git() {
 
 #[test]
 fn a_failing_script_fails_with_its_exit_code() {
-    let dir = tmp("fail");
+    let dir = temp_dir("fail");
     let home = dir.join("home");
     script_project(&dir, "#!/bin/sh\necho about to fail\nexit 3\n");
     let job = dir.join("job.toml");
@@ -397,7 +391,7 @@ fn a_failing_script_fails_with_its_exit_code() {
 
 #[test]
 fn cancel_stops_the_process_tree() {
-    let dir = tmp("cancel");
+    let dir = temp_dir("cancel");
     let home = dir.join("home");
     script_project(
         &dir,
@@ -445,7 +439,7 @@ fn cancel_stops_the_process_tree() {
 
 #[test]
 fn a_killed_submitter_leaves_a_lost_run_not_a_running_one() {
-    let dir = tmp("lost");
+    let dir = temp_dir("lost");
     let home = dir.join("home");
     script_project(
         &dir,
@@ -500,7 +494,7 @@ fn a_killed_submitter_leaves_a_lost_run_not_a_running_one() {
 
 #[test]
 fn four_concurrent_runs_lose_no_metric() {
-    let dir = tmp("concurrent");
+    let dir = temp_dir("concurrent");
     let home = dir.join("home");
     // 10,000 records in bursts, so the submitter ingests while the script writes.
     script_project(
@@ -557,7 +551,7 @@ fn four_concurrent_runs_lose_no_metric() {
 
 #[test]
 fn a_two_process_local_job_is_one_run_with_both_ranks() {
-    let dir = tmp("two");
+    let dir = temp_dir("two");
     let home = dir.join("home");
     script_project(
         &dir,
@@ -609,7 +603,7 @@ fn mpi_compute_target_runs_under_mpirun() {
         eprintln!("skipped: mpirun not found (Debian: openmpi-bin)");
         return;
     }
-    let dir = tmp("mpi");
+    let dir = temp_dir("mpi");
     let home = dir.join("home");
     script_project(
         &dir,
@@ -644,7 +638,7 @@ fn mpi_compute_target_runs_under_mpirun() {
 
 #[test]
 fn slurm_jobs_go_through_sbatch() {
-    let dir = tmp("slurm");
+    let dir = temp_dir("slurm");
     let home = dir.join("home");
     // A stand-in Slurm: sbatch runs the script in the background as Slurm would, honouring
     // its --chdir and --output lines; srun runs one task.
@@ -698,7 +692,7 @@ fn slurm_jobs_go_through_sbatch() {
 
 #[test]
 fn job_file_errors_name_the_line_and_key() {
-    let dir = tmp("errors");
+    let dir = temp_dir("errors");
     let home = dir.join("home");
     for (body, expect) in [
         (
@@ -779,7 +773,7 @@ fn job_file_errors_name_the_line_and_key() {
 
 #[test]
 fn logs_follow_a_detached_run_to_its_end() {
-    let dir = tmp("follow");
+    let dir = temp_dir("follow");
     let home = dir.join("home");
     script_project(
         &dir,
@@ -805,7 +799,7 @@ fn logs_follow_a_detached_run_to_its_end() {
 
 #[test]
 fn what_a_program_leaves_running_ends_with_it() {
-    let dir = tmp("leftover");
+    let dir = temp_dir("leftover");
     let home = dir.join("home");
     script_project(
         &dir,

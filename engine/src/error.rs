@@ -43,27 +43,18 @@ pub enum EngineError {
         /// What it may be.
         expected: String,
     },
-    /// A file system error on a named path.
-    #[error("{path}: {source}")]
+    /// A training option with a value it cannot take.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// A file system error on a named path. The OS error is part of the message, not a
+    /// separate cause, so it is printed once.
+    #[error("{path}: {error}")]
     Io {
         /// The path.
         path: String,
         /// The error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    /// A job file with a bad key or value.
-    #[error("{file}:{line}: {message}")]
-    InvalidJob {
-        /// The job file.
-        file: String,
-        /// The 1-based line of the key at fault.
-        line: usize,
-        /// What was wrong and what was expected.
-        message: String,
-    },
-    /// The run history, the run directory or the model registry.
-    #[error("{0}")]
-    Runs(String),
     /// A distributed job that lost a rank, could not form, or was refused.
     #[error("distributed training failed: {0}")]
     Distributed(String),
@@ -74,10 +65,10 @@ pub enum EngineError {
 
 impl EngineError {
     /// An I/O error on `path`.
-    pub fn io(path: &Path, source: std::io::Error) -> Self {
+    pub fn io(path: &Path, error: std::io::Error) -> Self {
         EngineError::Io {
             path: path.display().to_string(),
-            source,
+            error,
         }
     }
 }

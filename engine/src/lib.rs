@@ -1,26 +1,30 @@
-//! The kiln training engine.
+//! The kiln training engine: trains a torchvision ResNet or DenseNet on labeled image folders,
+//! on one process or data-parallel over many. Each concept is one hop from here:
 //!
-//! - [`data`] covers image folders and their checks, decoding, transforms, the parallel loader and
+//! - [`config`]: [`TrainConfig`], every training option with its default, and its one
+//!   `validate()`; the device, schedule, monitor and augmentation choices.
+//! - [`train`]: [`train::Trainer`] and the loop by concept: setup, epoch, strategies (one
+//!   process or many), outputs, checkpoints, SGD, schedules, early stopping, metrics,
+//!   progress, curves.
+//! - [`data`]: image folders and their checks, decoding, transforms, the parallel loader and
 //!   per-rank sharding, IDX import.
-//! - [`train`] holds [`train::Trainer`] and its configuration, SGD, schedules, early
-//!   stopping, checkpoints, metrics, progress.
-//! - [`model_dir`] reads and writes trained model directories (`model.safetensors` +
-//!   `kiln.json`).
-//! - [`dist`] is data-parallel training: environment, rendezvous, the ring allreduce,
-//!   gradient buckets, the local launcher.
-//! - [`job`] reads and validates estimator job files.
-//! - [`runs`] is the run directory, the run history (SQLite), submission and the model
-//!   registry.
-//! - [`error`] holds [`EngineError`].
+//! - [`dist`]: data-parallel training: environment, rendezvous, the ring allreduce, gradient
+//!   buckets, the local launcher.
+//! - [`model_dir`]: trained model directories (`model.safetensors` + `kiln.json`), ONNX export.
+//! - [`env`]: the environment variables kiln reads and sets, and the run a process belongs to.
+//! - [`error`]: [`EngineError`].
+//!
+//! The job runner (job files, run history, registry) is the `kiln-runs` crate, above this one.
 
+pub mod config;
 pub mod data;
 pub mod dist;
+pub mod env;
 pub mod error;
-pub mod job;
 pub mod model_dir;
-pub mod runs;
 pub mod train;
 
+pub use config::TrainConfig;
 pub use error::EngineError;
 pub use kiln_kernels as kernels;
 pub use kiln_models as models;

@@ -9,14 +9,8 @@ use kiln_engine::data::decode::decode_rgb;
 use kiln_engine::data::idx::{FASHION_MNIST_CLASSES, ImportLimit, import_fashion_mnist, read_idx};
 use kiln_engine::data::transform::{IMAGENET_MEAN, IMAGENET_STD};
 use kiln_engine::data::{Augment, ImageFolder, Loader, LoaderConfig, Sampler, check_same_classes};
+use kiln_engine::kernels::testing::temp_dir;
 use kiln_kernels::preprocess::{RawBatch, preprocess};
-
-fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("kiln-data-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
-}
 
 fn write_image(path: &Path, seed: u8) {
     std::fs::create_dir_all(path.parent().expect("parent")).expect("dir");
@@ -37,7 +31,7 @@ fn folder(root: &Path, classes: &[(&str, usize)]) {
 
 #[test]
 fn classes_are_sorted_as_torchvision_sorts_them() {
-    let root = tmp("sorted");
+    let root = temp_dir("sorted");
     folder(
         &root,
         &[("zebra", 2), ("Apple", 2), ("mango", 2), ("banana", 2)],
@@ -53,7 +47,7 @@ fn classes_are_sorted_as_torchvision_sorts_them() {
 
 #[test]
 fn no_class_folders_is_not_labeled() {
-    let root = tmp("empty");
+    let root = temp_dir("empty");
     let err = ImageFolder::scan(&root).expect_err("no classes");
     assert!(matches!(err, EngineError::NotLabeledDataset(_)));
     assert!(
@@ -68,7 +62,7 @@ fn no_class_folders_is_not_labeled() {
 
 #[test]
 fn images_at_the_root_are_not_labeled() {
-    let root = tmp("loose");
+    let root = temp_dir("loose");
     folder(&root, &[("cat", 2)]);
     write_image(&root.join("stray.png"), 1);
     let err = ImageFolder::scan(&root).expect_err("loose image");
@@ -81,7 +75,7 @@ fn images_at_the_root_are_not_labeled() {
 
 #[test]
 fn different_class_sets_name_both_sides() {
-    let (a, b) = (tmp("train-set"), tmp("val-set"));
+    let (a, b) = (temp_dir("train-set"), temp_dir("val-set"));
     folder(&a, &[("cat", 2), ("dog", 2), ("owl", 2)]);
     folder(&b, &[("cat", 2), ("dog", 2), ("emu", 2)]);
     let err = check_same_classes(
@@ -99,7 +93,7 @@ fn different_class_sets_name_both_sides() {
 
 #[test]
 fn empty_and_lone_classes_are_warned_about() {
-    let root = tmp("warn");
+    let root = temp_dir("warn");
     folder(&root, &[("cat", 3), ("dog", 1), ("owl", 0)]);
     let f = ImageFolder::scan(&root).expect("scan");
     assert_eq!(f.warnings.len(), 2, "{:?}", f.warnings);
@@ -117,7 +111,7 @@ fn empty_and_lone_classes_are_warned_about() {
 
 #[test]
 fn decodes_every_format_to_rgb() {
-    let dir = tmp("formats");
+    let dir = temp_dir("formats");
     let rgb = RgbImage::from_fn(9, 7, |x, y| Rgb([x as u8 * 20, y as u8 * 30, 100]));
     let cases: Vec<(&str, DynamicImage, ImageFormat)> = vec![
         (
@@ -172,7 +166,7 @@ fn decodes_every_format_to_rgb() {
 
 #[test]
 fn a_broken_image_error_names_the_file() {
-    let dir = tmp("broken");
+    let dir = temp_dir("broken");
     let path = dir.join("broken.png");
     std::fs::write(&path, b"\x89PNG\r\n\x1a\nnot really").expect("write");
     let msg = decode_rgb(&path).expect_err("broken").to_string();
@@ -182,7 +176,7 @@ fn a_broken_image_error_names_the_file() {
 #[test]
 fn a_decompression_bomb_is_refused_before_decoding() {
     // A real 1x1 PNG whose header claims 100000 x 100000 pixels.
-    let dir = tmp("bomb");
+    let dir = temp_dir("bomb");
     let small = dir.join("small.png");
     RgbImage::from_pixel(1, 1, Rgb([1, 2, 3]))
         .save(&small)
@@ -258,7 +252,7 @@ fn loader_with(
 
 #[test]
 fn loader_batches_are_the_same_for_any_worker_count() {
-    let root = tmp("loader");
+    let root = temp_dir("loader");
     folder(&root, &[("a", 5), ("b", 6)]);
     let f = ImageFolder::scan(&root).expect("scan");
     let idx: Vec<usize> = (0..f.len()).collect();
@@ -288,7 +282,7 @@ fn loader_batches_are_the_same_for_any_worker_count() {
 kiln_kernels::test_device!(
     raw_batches_preprocessed_on_the_device_equal_host_batches,
     |device: Device| {
-        let root = tmp(&format!("raw-{}", device_label(&device)));
+        let root = temp_dir(&format!("raw-{}", device_label(&device)));
         folder(&root, &[("a", 5), ("b", 6)]);
         let f = ImageFolder::scan(&root).expect("scan");
         let idx: Vec<usize> = (0..f.len()).collect();
@@ -351,7 +345,7 @@ fn device_label(device: &Device) -> &'static str {
 
 #[test]
 fn bad_images_fail_the_loader_or_are_skipped_and_counted() {
-    let root = tmp("skip");
+    let root = temp_dir("skip");
     folder(&root, &[("a", 3)]);
     std::fs::write(root.join("a/zz-broken.png"), b"garbage").expect("write");
     let f = ImageFolder::scan(&root).expect("scan");
@@ -383,8 +377,8 @@ fn write_idx(path: &Path, dims: &[u32], data: &[u8]) {
 
 #[test]
 fn imports_fashion_mnist_idx_to_an_image_folder() {
-    let src = tmp("idx-src");
-    let dest = tmp("idx-dest");
+    let src = temp_dir("idx-src");
+    let dest = temp_dir("idx-dest");
     let images: Vec<u8> = (0..12 * 4).map(|i| i as u8).collect();
     let labels: Vec<u8> = (0..12).map(|i| (i % 10) as u8).collect();
     for split in ["train", "t10k"] {

@@ -12,25 +12,12 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use kiln_engine::dist::{
     GradientBuckets, ReduceOp, RingAllReduce, Solo, Transport, Wire, WorldInfo,
 };
+use kiln_engine::kernels::testing::{free_port, temp_dir};
 use kiln_engine::train::loss::cross_entropy;
 use kiln_engine::train::sgd::{Sgd, SgdConfig};
 use kiln_models::{Arch, Model};
 
 const WORKER_DIR: &str = "KILN_TEST_WORKER_DIR";
-
-fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("kiln-dist-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
 
 /// Runs the ignored test `worker` as `n` processes of one job; each writes into `dir`.
 fn run_workers(n: usize, worker: &str, dir: &Path) {
@@ -145,7 +132,7 @@ fn worker_collectives() {
 #[test]
 fn allreduce_is_exact_and_identical_on_every_rank() {
     for n in [2, 3, 4] {
-        let dir = tmp(&format!("collectives{n}"));
+        let dir = temp_dir(&format!("collectives{n}"));
         run_workers(n, "worker_collectives", &dir);
         let results: Vec<Vec<u8>> = (0..n)
             .map(|r| std::fs::read(dir.join(format!("rank{r}"))).expect("result"))
@@ -273,7 +260,7 @@ fn worker_sgd_steps() {
 
 #[test]
 fn two_ranks_of_batch_8_end_like_one_rank_of_batch_16() {
-    let dir = tmp("sgd");
+    let dir = temp_dir("sgd");
     run_workers(2, "worker_sgd_steps", &dir);
     let single = train_steps(&mut Solo, 0..BATCH);
     let r0 = from_bytes(&std::fs::read(dir.join("rank0")).expect("rank 0"));
@@ -331,7 +318,7 @@ fn worker_one_rank_fails() {
 
 #[test]
 fn a_rank_that_fails_stops_the_others_with_its_error() {
-    let dir = tmp("abort");
+    let dir = temp_dir("abort");
     run_workers(3, "worker_one_rank_fails", &dir);
     for r in [0, 2] {
         let err = std::fs::read_to_string(dir.join(format!("rank{r}"))).expect("result");

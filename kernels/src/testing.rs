@@ -1,9 +1,11 @@
-//! Devices for tests: one test body runs on `flex` always and on `wgpu` when an adapter is
-//! found, through [`test_device!`](crate::test_device).
+//! What every crate's tests share: the test devices, through which one test body runs on
+//! `flex` always and on `wgpu` when an adapter is found ([`test_device!`](crate::test_device)),
+//! a fresh temporary directory per test, and a free TCP port.
 //!
 //! Without an adapter a wgpu test says so and passes, unless `KILN_REQUIRE_WGPU` is set, when it
 //! fails: CI installs a software Vulkan driver and sets it, so GPU tests cannot silently skip.
 
+use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use burn::tensor::{Device, Tensor};
@@ -46,6 +48,23 @@ pub fn wgpu() -> Option<Device> {
             None
         }
     }
+}
+
+/// An empty directory for the test `name`, unique to this test process; whatever a previous
+/// run left there is removed.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("kiln-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("a temporary directory");
+    dir
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
 }
 
 /// Runs one test body on every device: `flex` always, `wgpu` when an adapter is found.

@@ -148,7 +148,10 @@ impl FromStr for Arch {
         Arch::ALL
             .into_iter()
             .find(|arch| arch.name() == name)
-            .ok_or_else(|| ModelError::UnknownArch(name.to_string()))
+            .ok_or_else(|| ModelError::UnknownArch {
+                name: name.to_string(),
+                valid: Arch::ALL.map(Arch::name).join(", "),
+            })
     }
 }
 

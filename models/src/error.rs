@@ -2,14 +2,17 @@
 
 use std::path::PathBuf;
 
-use crate::arch::Arch;
-
 /// A model or weight-file error; every message names the file, key or value at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     /// An architecture name torchvision does not have.
-    #[error("unknown architecture '{0}'; valid names: {names}", names = Arch::ALL.map(Arch::name).join(", "))]
-    UnknownArch(String),
+    #[error("unknown architecture '{name}'; valid names: {valid}")]
+    UnknownArch {
+        /// The name given.
+        name: String,
+        /// The names kiln builds, comma-separated.
+        valid: String,
+    },
     /// A file that is not the weights format its name or contents claim.
     #[error("cannot read weights from {path}: {reason}; expected {expected}")]
     BadFile {

@@ -17,9 +17,7 @@ fn flex() -> Device {
 }
 
 fn tmp(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("kiln-models-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir.join(name)
+    kiln_kernels::testing::temp_dir(name).join(name)
 }
 
 #[test]

@@ -23,18 +23,6 @@ pub enum Augment {
     None,
 }
 
-impl std::str::FromStr for Augment {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "standard" => Ok(Augment::Standard),
-            "flip" => Ok(Augment::Flip),
-            "none" => Ok(Augment::None),
-            other => Err(format!("'{other}' (expected standard, flip or none)")),
-        }
-    }
-}
-
 /// `RandomResizedCrop(size, scale=(0.08, 1), ratio=(3/4, 4/3))`, torchvision's algorithm.
 pub fn random_resized_crop(image: &RgbImage, size: u32, rng: &mut impl Rng) -> RgbImage {
     let (w, h) = image.dimensions();

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use crate::env;
 use crate::error::EngineError;
 
 /// Port rank 0 listens on when `MASTER_PORT` is unset (torchrun's default).
@@ -58,30 +59,13 @@ impl WorldInfo {
 
     /// Reads variables through `var` (tests pass a map).
     pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Self, EngineError> {
-        let families: [(&'static str, [&str; 4]); 3] = [
-            (
-                "kiln",
-                ["RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"],
-            ),
-            (
-                "mpi",
-                [
-                    "OMPI_COMM_WORLD_RANK",
-                    "OMPI_COMM_WORLD_SIZE",
-                    "OMPI_COMM_WORLD_LOCAL_RANK",
-                    "OMPI_COMM_WORLD_LOCAL_SIZE",
-                ],
-            ),
-            (
-                "slurm",
-                [
-                    "SLURM_PROCID",
-                    "SLURM_NTASKS",
-                    "SLURM_LOCALID",
-                    "SLURM_NTASKS_PER_NODE",
-                ],
-            ),
-        ];
+        let mut info = Self::single();
+        let Some((source, [rank, size, local, local_size])) = FAMILIES
+            .into_iter()
+            .find(|(_, names)| var(names[0]).is_some() && var(names[1]).is_some())
+        else {
+            return Ok(info);
+        };
         let number = |name: &str| -> Result<Option<usize>, EngineError> {
             match var(name) {
                 None => Ok(None),
@@ -89,19 +73,8 @@ impl WorldInfo {
                     .trim()
                     .parse()
                     .map(Some)
-                    .map_err(|_| EngineError::BadOption {
-                        option: "environment",
-                        value: format!("{name}={v}"),
-                        expected: "a non-negative integer".into(),
-                    }),
+                    .map_err(|_| bad_variable(format!("{name}={v}"), "a non-negative integer")),
             }
-        };
-        let mut info = Self::single();
-        let Some((source, [rank, size, local, local_size])) = families
-            .into_iter()
-            .find(|(_, names)| var(names[0]).is_some() && var(names[1]).is_some())
-        else {
-            return Ok(info);
         };
         info.source = source;
         info.rank = number(rank)?.unwrap_or(0);
@@ -112,57 +85,87 @@ impl WorldInfo {
             .and_then(|v| v.split(['(', ',']).next()?.trim().parse().ok())
             .unwrap_or(1);
         if info.world_size == 0 || info.rank >= info.world_size {
-            return Err(EngineError::BadOption {
-                option: "environment",
-                value: format!("{rank}={} {size}={}", info.rank, info.world_size),
-                expected: "a rank below a world size of at least 1".into(),
-            });
+            return Err(bad_variable(
+                format!("{rank}={} {size}={}", info.rank, info.world_size),
+                "a rank below a world size of at least 1",
+            ));
         }
         info.master_addr = var("MASTER_ADDR")
             .or_else(|| var("SLURM_LAUNCH_NODE_IPADDR"))
             .unwrap_or_else(|| "127.0.0.1".into());
         if let Some(port) = var("MASTER_PORT") {
-            info.master_port = port.trim().parse().map_err(|_| EngineError::BadOption {
-                option: "environment",
-                value: format!("MASTER_PORT={port}"),
-                expected: "a TCP port number".into(),
-            })?;
-        }
-        if let Some(secs) = var("KILN_DIST_TIMEOUT") {
-            let secs: f64 = secs
+            info.master_port = port
                 .trim()
                 .parse()
-                .ok()
-                .filter(|s: &f64| *s > 0.0)
-                .ok_or_else(|| EngineError::BadOption {
-                    option: "environment",
-                    value: format!("KILN_DIST_TIMEOUT={secs}"),
-                    expected: "seconds, more than 0".into(),
-                })?;
-            info.timeout = Duration::try_from_secs_f64(secs)
-                .ok()
-                .filter(|d| *d <= Duration::from_secs(24 * 3600))
-                .ok_or_else(|| EngineError::BadOption {
-                    option: "environment",
-                    value: format!("KILN_DIST_TIMEOUT={secs}"),
-                    expected: "seconds, at most a day".into(),
-                })?;
+                .map_err(|_| bad_variable(format!("MASTER_PORT={port}"), "a TCP port number"))?;
+        }
+        if let Some(secs) = var(env::DIST_TIMEOUT) {
+            info.timeout = timeout(&secs)?;
         }
         // mpirun and srun start every worker with the same job id, which serves as the
         // token when the user set none; kiln's launcher always sets one.
-        info.token = var("KILN_JOB_TOKEN")
+        info.token = var(env::JOB_TOKEN)
             .or_else(|| var("OMPI_MCA_ess_base_jobid").map(|id| format!("ompi-{id}")))
             .or_else(|| var("SLURM_JOB_ID").map(|id| format!("slurm-{id}")))
             .unwrap_or_default();
         if info.world_size > 1 && info.token.is_empty() {
-            return Err(EngineError::BadOption {
-                option: "environment",
-                value: "KILN_JOB_TOKEN unset".into(),
-                expected: "the same secret in every worker's KILN_JOB_TOKEN".into(),
-            });
+            return Err(bad_variable(
+                format!("{} unset", env::JOB_TOKEN),
+                "the same secret in every worker's KILN_JOB_TOKEN",
+            ));
         }
         Ok(info)
     }
+}
+
+/// The variable families that place a worker, first match wins: kiln's launcher or torchrun,
+/// Open MPI, Slurm. Each: rank, world size, local rank, local world size.
+const FAMILIES: [(&str, [&str; 4]); 3] = [
+    (
+        "kiln",
+        ["RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"],
+    ),
+    (
+        "mpi",
+        [
+            "OMPI_COMM_WORLD_RANK",
+            "OMPI_COMM_WORLD_SIZE",
+            "OMPI_COMM_WORLD_LOCAL_RANK",
+            "OMPI_COMM_WORLD_LOCAL_SIZE",
+        ],
+    ),
+    (
+        "slurm",
+        [
+            "SLURM_PROCID",
+            "SLURM_NTASKS",
+            "SLURM_LOCALID",
+            "SLURM_NTASKS_PER_NODE",
+        ],
+    ),
+];
+
+fn bad_variable(value: String, expected: &str) -> EngineError {
+    EngineError::BadOption {
+        option: "environment",
+        value,
+        expected: expected.into(),
+    }
+}
+
+/// `KILN_DIST_TIMEOUT`'s seconds: more than 0, at most a day.
+fn timeout(secs: &str) -> Result<Duration, EngineError> {
+    let what = || format!("{}={secs}", env::DIST_TIMEOUT);
+    let value: f64 = secs
+        .trim()
+        .parse()
+        .ok()
+        .filter(|s: &f64| *s > 0.0)
+        .ok_or_else(|| bad_variable(what(), "seconds, more than 0"))?;
+    Duration::try_from_secs_f64(value)
+        .ok()
+        .filter(|d| *d <= Duration::from_secs(24 * 3600))
+        .ok_or_else(|| bad_variable(what(), "seconds, at most a day"))
 }
 
 #[cfg(test)]

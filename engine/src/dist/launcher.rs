@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use rand::RngCore;
 
 use crate::dist::env::{DEFAULT_PORT, DEFAULT_TIMEOUT};
+use crate::env;
 use crate::error::EngineError;
 
 /// Where and how many workers to start.
@@ -100,7 +101,8 @@ fn forward(source: impl Read + Send + 'static, prefix: String, to_stderr: bool) 
     });
 }
 
-fn free_port() -> Result<u16, EngineError> {
+/// A TCP port free on this machine now (for a local rendezvous).
+pub fn free_port() -> Result<u16, EngineError> {
     std::net::TcpListener::bind(("127.0.0.1", 0))
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -142,6 +144,13 @@ fn spawn_worker(
 /// get `timeout` plus a grace period to exit (they learn of the loss through the ring) and are
 /// killed after it.
 pub fn launch(config: &LaunchConfig) -> Result<LaunchOutcome, EngineError> {
+    let env = worker_env(config)?;
+    let children = spawn_all(config, &env)?;
+    Ok(supervise(config, children))
+}
+
+/// The variables every worker of this node gets (each adds its own `RANK` and `LOCAL_RANK`).
+fn worker_env(config: &LaunchConfig) -> Result<Vec<(String, String)>, EngineError> {
     let n = config.nproc_per_node.max(1);
     if config.node_rank >= config.nnodes.max(1) {
         return Err(EngineError::BadOption {
@@ -158,11 +167,11 @@ pub fn launch(config: &LaunchConfig) -> Result<LaunchOutcome, EngineError> {
             expected: "rank 0's host name or address (--master-addr) for a multi-node job".into(),
         });
     }
-    let token = match std::env::var("KILN_JOB_TOKEN") {
+    let token = match std::env::var(env::JOB_TOKEN) {
         Ok(t) if !t.is_empty() => t,
         _ if multi_node => {
             return Err(EngineError::BadOption {
-                option: "KILN_JOB_TOKEN",
+                option: env::JOB_TOKEN,
                 value: "unset".into(),
                 expected: "the same secret exported on every node of a multi-node job".into(),
             });
@@ -179,7 +188,7 @@ pub fn launch(config: &LaunchConfig) -> Result<LaunchOutcome, EngineError> {
         None => free_port()?,
     };
     let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
-    let mut env = vec![
+    let mut vars = vec![
         (
             "WORLD_SIZE".to_string(),
             (n * config.nnodes.max(1)).to_string(),
@@ -193,19 +202,29 @@ pub fn launch(config: &LaunchConfig) -> Result<LaunchOutcome, EngineError> {
                 .unwrap_or_else(|| "127.0.0.1".into()),
         ),
         ("MASTER_PORT".to_string(), port.to_string()),
-        ("KILN_JOB_TOKEN".to_string(), token),
+        (env::JOB_TOKEN.to_string(), token),
         (
-            "KILN_DIST_TIMEOUT".to_string(),
+            env::DIST_TIMEOUT.to_string(),
             config.timeout.as_secs_f64().to_string(),
         ),
     ];
     // Workers on one machine share its cores rather than each taking all of them.
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
-        env.push(("RAYON_NUM_THREADS".into(), (cores / n).max(1).to_string()));
+        vars.push(("RAYON_NUM_THREADS".into(), (cores / n).max(1).to_string()));
     }
+    Ok(vars)
+}
+
+/// Starts every worker of this node with its output forwarded under a rank prefix; if one
+/// cannot start, those already started are killed.
+fn spawn_all(
+    config: &LaunchConfig,
+    env: &[(String, String)],
+) -> Result<Vec<Option<Child>>, EngineError> {
+    let n = config.nproc_per_node.max(1);
     let mut children: Vec<Option<Child>> = Vec::with_capacity(n);
     for local in 0..n {
-        match spawn_worker(config, local, &env) {
+        match spawn_worker(config, local, env) {
             Ok(mut child) => {
                 let rank = config.node_rank * n + local;
                 let prefix = format!("[rank {rank}] ");
@@ -229,6 +248,13 @@ pub fn launch(config: &LaunchConfig) -> Result<LaunchOutcome, EngineError> {
             }
         }
     }
+    Ok(children)
+}
+
+/// Waits for every worker; after the first failure the others have the timeout and a grace
+/// period to stop before they are killed.
+fn supervise(config: &LaunchConfig, mut children: Vec<Option<Child>>) -> LaunchOutcome {
+    let n = children.len();
     let mut failures = Vec::new();
     let mut kill_at: Option<Instant> = None;
     while children.iter().any(Option::is_some) {
@@ -268,5 +294,5 @@ pub fn launch(config: &LaunchConfig) -> Result<LaunchOutcome, EngineError> {
     }
     // Let the forwarding threads print the last lines.
     std::thread::sleep(Duration::from_millis(100));
-    Ok(LaunchOutcome { failures })
+    LaunchOutcome { failures }
 }

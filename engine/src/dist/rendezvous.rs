@@ -5,7 +5,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{RecvTimeoutError, channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -256,6 +256,64 @@ fn host_rendezvous(
             info.master_port
         ))
     })?;
+    let joined = accept_joins(listener, info, health);
+    let n = info.world_size;
+    let mut members = vec![
+        Member {
+            host: hostname(),
+            ring_addr: format!(":{ring_port}"),
+        };
+        n
+    ];
+    let mut controls: Vec<Option<TcpStream>> = (0..n).map(|_| None).collect();
+    let mut missing = n - 1;
+    while missing > 0 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match joined.recv_timeout(left) {
+            Ok((hello, stream, addr)) => {
+                let rank = hello.rank as usize;
+                let ip: IpAddr = addr.ip();
+                // A worker on rank 0's own host may have come over loopback; the others reach
+                // it at rank 0's address (":port").
+                let ring_addr = if ip.is_loopback() {
+                    format!(":{}", hello.ring_port)
+                } else {
+                    SocketAddr::new(ip, hello.ring_port).to_string()
+                };
+                members[rank] = Member {
+                    host: hello.host,
+                    ring_addr,
+                };
+                controls[rank] = Some(stream);
+                missing -= 1;
+            }
+            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
+                let absent: Vec<usize> = (1..n).filter(|r| controls[*r].is_none()).collect();
+                return Err(dist_error(format!(
+                    "rank(s) {absent:?} did not join within {}s",
+                    join_deadline(info).as_secs()
+                )));
+            }
+        }
+    }
+    for (rank, stream) in controls.into_iter().enumerate().skip(1) {
+        let Some(mut stream) = stream else { continue };
+        Frame::Table(members.clone())
+            .write(&mut stream)
+            .map_err(|e| dist_error(format!("lost rank {rank} during rendezvous: {e}")))?;
+        watch(health, stream, rank, members[rank].host.clone())?;
+    }
+    Ok(members)
+}
+
+/// Rank 0's acceptor, for the whole job: hands each rank that proves it belongs (the token,
+/// a rank and world size that fit, not joined before) to the returned channel; refuses and
+/// logs every other connection.
+fn accept_joins(
+    listener: TcpListener,
+    info: &WorldInfo,
+    health: &Arc<Health>,
+) -> Receiver<(Hello, TcpStream, SocketAddr)> {
     let (joined_tx, joined) = channel::<(Hello, TcpStream, SocketAddr)>();
     let (token, n) = (info.token.clone(), info.world_size);
     let warn = health.warn.clone();
@@ -303,52 +361,7 @@ fn host_rendezvous(
             }
         }
     });
-    let mut members = vec![
-        Member {
-            host: hostname(),
-            ring_addr: format!(":{ring_port}"),
-        };
-        n
-    ];
-    let mut controls: Vec<Option<TcpStream>> = (0..n).map(|_| None).collect();
-    let mut missing = n - 1;
-    while missing > 0 {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match joined.recv_timeout(left) {
-            Ok((hello, stream, addr)) => {
-                let rank = hello.rank as usize;
-                let ip: IpAddr = addr.ip();
-                // A worker on rank 0's own host may have come over loopback; the others reach
-                // it at rank 0's address (":port").
-                let ring_addr = if ip.is_loopback() {
-                    format!(":{}", hello.ring_port)
-                } else {
-                    SocketAddr::new(ip, hello.ring_port).to_string()
-                };
-                members[rank] = Member {
-                    host: hello.host,
-                    ring_addr,
-                };
-                controls[rank] = Some(stream);
-                missing -= 1;
-            }
-            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
-                let absent: Vec<usize> = (1..n).filter(|r| controls[*r].is_none()).collect();
-                return Err(dist_error(format!(
-                    "rank(s) {absent:?} did not join within {}s",
-                    join_deadline(info).as_secs()
-                )));
-            }
-        }
-    }
-    for (rank, stream) in controls.into_iter().enumerate().skip(1) {
-        let Some(mut stream) = stream else { continue };
-        Frame::Table(members.clone())
-            .write(&mut stream)
-            .map_err(|e| dist_error(format!("lost rank {rank} during rendezvous: {e}")))?;
-        watch(health, stream, rank, members[rank].host.clone())?;
-    }
-    Ok(members)
+    joined
 }
 
 /// Ranks above 0: connect to rank 0, say hello, get the table. Returns the table and rank 0's

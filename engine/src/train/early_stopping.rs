@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::train::config::Monitor;
+use crate::config::Monitor;
 
 /// Early-stopping state; serialisable so a resumed run decides exactly as an uninterrupted one.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

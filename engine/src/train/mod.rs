@@ -1,20 +1,34 @@
-//! Training: configuration, the loop, SGD, learning-rate schedules, early stopping,
-//! checkpoints, metrics, progress reporting and the curves plot, and the allocator settings
-//! that keep a step's buffers from being faulted in afresh every step.
+//! Training, by concept (as burn-train splits it):
+//!
+//! - [`trainer`]: [`Trainer`], a run from its config to its model directory: the epoch loop.
+//! - [`setup`]: the data, image size, device, model, loaders, schedule and optimizer a run
+//!   starts with.
+//! - [`epoch`]: one epoch's training steps and its validation pass.
+//! - [`strategies`]: one process, or data-parallel over many, behind one [`Strategy`] seam.
+//! - [`outputs`]: what rank 0 writes: metrics, checkpoints, the model directory, the curves.
+//! - [`checkpoint`]: checkpoint files, written whole or not at all; the trainer's state.
+//! - [`sgd`], [`schedule`], [`early_stopping`], [`loss`]: the optimizer, learning-rate
+//!   schedules, early stopping and the loss.
+//! - [`metrics`], [`progress`], [`curves`]: `metrics.jsonl`, the terminal, `curves.png`.
+//! - [`allocator`]: the allocator settings that keep a step's buffers from being faulted in
+//!   afresh every step.
 
 pub mod allocator;
 pub mod checkpoint;
-pub mod config;
 pub mod curves;
 pub mod early_stopping;
+pub(crate) mod epoch;
 pub mod loss;
 pub mod metrics;
+pub mod outputs;
 pub mod progress;
-pub mod replication;
 pub mod schedule;
+pub mod setup;
 pub mod sgd;
+pub mod strategies;
 pub mod trainer;
 
-pub use config::{Monitor, Schedule, TrainConfig};
+pub use crate::config::{Monitor, Schedule, TrainConfig};
 pub use early_stopping::EarlyStopping;
-pub use trainer::{GradientHook, StopReason, TrainSummary, Trainer};
+pub use strategies::Strategy;
+pub use trainer::{StopReason, TrainSummary, Trainer};

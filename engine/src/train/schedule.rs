@@ -1,6 +1,6 @@
 //! The learning rate at a point in training: linear warm-up, then a schedule.
 
-use crate::train::config::Schedule;
+use crate::config::Schedule;
 
 /// Learning rates for a run of `epochs` epochs of `steps_per_epoch` steps.
 #[derive(Debug, Clone, Copy, PartialEq)]

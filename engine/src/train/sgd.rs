@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use burn::module::{Module, ModuleMapper, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::{Tensor, TensorData};
-use kiln_kernels::sgd_update::sgd_update;
+use kiln_kernels::sgd_update::{SgdParams, sgd_update};
 use kiln_models::Model;
 
 /// SGD hyper-parameters (PyTorch's names and meaning).
@@ -79,19 +79,15 @@ impl Sgd {
     /// plain burn ops on flex (see `kiln_kernels::sgd_update`).
     fn update(&mut self, path: &str, param: Tensor<1>, grad: Tensor<1>, lr: f64) -> Tensor<1> {
         let c = self.config;
-        let buf = self.buffers.remove(path);
-        let first_step = buf.is_none();
-        let (param, buf) = sgd_update(
-            param,
-            grad,
-            buf,
+        let params = SgdParams {
             lr,
-            c.momentum,
-            c.dampening,
-            c.weight_decay,
-            c.nesterov,
-            first_step,
-        );
+            momentum: c.momentum,
+            dampening: c.dampening,
+            weight_decay: c.weight_decay,
+            nesterov: c.nesterov,
+        };
+        let buf = self.buffers.remove(path);
+        let (param, buf) = sgd_update(param, grad, buf, &params);
         if let Some(buf) = buf {
             self.buffers.insert(path.to_string(), buf);
         }

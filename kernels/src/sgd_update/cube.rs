@@ -12,9 +12,10 @@ use burn_cubecl::{kernel::into_contiguous, ops::numeric::empty_device_dtype, ten
 use cubecl::{
     calculate_cube_count_elemwise,
     prelude::*,
-    std::tensor::layout::linear::{LinearView, LinearViewMut},
+    std::tensor::layout::linear::{LinearView, LinearViewLaunch, LinearViewMut},
 };
 
+use super::SgdParams;
 use crate::cube::address_type;
 
 // ---------------------------------------------------------------------------------------------
@@ -118,31 +119,65 @@ fn sgd_momentum_kernel<F: Float, N: Size>(
 // Launch helpers.
 // ---------------------------------------------------------------------------------------------
 
-/// Launch geometry shared by the three kernels: every tensor is contiguous with `num_elems`
-/// elements, so one vector size fits all of them.
-struct Geometry {
+/// What every launch starts with: the parameter made contiguous, where the new parameter goes
+/// (the parameter itself when burn holds its only reference), the launch geometry (every
+/// tensor is contiguous with the parameter's length, so one vector size fits all) and the
+/// element type.
+struct ParamLaunch {
+    param: CubeTensor,
+    in_place: bool,
+    out: CubeTensor,
     vector_size: usize,
     cube_dim: CubeDim,
     cube_count: CubeCount,
+    elem: ElemType,
 }
 
-fn launch_geometry(reference: &CubeTensor) -> Geometry {
-    let num_elems = reference.meta.num_elements();
-    // `burn_cubecl::ops::max_vector_size` is pub(crate); for contiguous same-length tensors
-    // it reduces to "largest io-optimized size dividing the length".
-    let vector_size = reference
-        .client
-        .io_optimized_vector_sizes(reference.dtype.size())
-        .filter(|&v| num_elems.is_multiple_of(v))
-        .max()
-        .unwrap_or(1);
-    let working_units = num_elems / vector_size;
-    let cube_dim = CubeDim::new(&reference.client, working_units);
-    let cube_count = calculate_cube_count_elemwise(&reference.client, working_units, cube_dim);
-    Geometry {
-        vector_size,
-        cube_dim,
-        cube_count,
+impl ParamLaunch {
+    fn new(param: CubeTensor) -> Self {
+        let param = into_contiguous(param);
+        // Decide aliasing before cloning: every clone bumps the handle's reference count.
+        let in_place = writable(&param);
+        let out = output_tensor(&param, in_place);
+        let num_elems = param.meta.num_elements();
+        // `burn_cubecl::ops::max_vector_size` is pub(crate); for contiguous same-length
+        // tensors it reduces to "largest io-optimized size dividing the length".
+        let vector_size = param
+            .client
+            .io_optimized_vector_sizes(param.dtype.size())
+            .filter(|&v| num_elems.is_multiple_of(v))
+            .max()
+            .unwrap_or(1);
+        let working_units = num_elems / vector_size;
+        let cube_dim = CubeDim::new(&param.client, working_units);
+        let cube_count = calculate_cube_count_elemwise(&param.client, working_units, cube_dim);
+        let elem = dtype_to_storage_type(param.dtype);
+        Self {
+            param,
+            in_place,
+            out,
+            vector_size,
+            cube_dim,
+            cube_count,
+            elem,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.param.meta.num_elements() == 0
+    }
+
+    /// The new parameter's argument: an alias of input 0 (the parameter) when in place.
+    fn out_arg(&self) -> LinearViewLaunch {
+        if self.in_place {
+            self.param.as_linear_view_alias(0)
+        } else {
+            self.out.clone().into_linear_view()
+        }
+    }
+
+    fn scalar(&self, value: f64) -> InputScalar {
+        InputScalar::new(value, self.elem)
     }
 }
 
@@ -187,156 +222,114 @@ fn writable(t: &CubeTensor) -> bool {
 // ---------------------------------------------------------------------------------------------
 
 /// momentum == 0.
-pub fn sgd_plain(param: CubeTensor, grad: CubeTensor, lr: f64, weight_decay: f64) -> CubeTensor {
-    let param = into_contiguous(param);
-    let grad = prepare(grad, &param, "grad");
-    if param.meta.num_elements() == 0 {
-        return param;
+pub fn sgd_plain(param: CubeTensor, grad: CubeTensor, s: SgdParams) -> CubeTensor {
+    let l = ParamLaunch::new(param);
+    let grad = prepare(grad, &l.param, "grad");
+    if l.is_empty() {
+        return l.param;
     }
-    // Decide aliasing before cloning: every clone bumps the handle's reference count.
-    let param_in_place = writable(&param);
-    let param_out = output_tensor(&param, param_in_place);
-
-    let geo = launch_geometry(&param);
-    let addr = address_type(&[&param, &grad, &param_out]);
-    let elem = dtype_to_storage_type(param.dtype);
-    let client = param.client.clone();
+    let addr = address_type(&[&l.param, &grad, &l.out]);
     // Input positions for aliasing: param = 0, grad = 1 (registration order of the inputs).
-    let param_out_arg = if param_in_place {
-        param.as_linear_view_alias(0)
-    } else {
-        param_out.clone().into_linear_view()
-    };
-
+    let out_arg = l.out_arg();
     unsafe {
         sgd_plain_kernel::launch_unchecked(
-            &client,
-            geo.cube_count,
-            geo.cube_dim,
+            &l.param.client,
+            l.cube_count.clone(),
+            l.cube_dim,
             addr,
-            geo.vector_size,
-            param.into_linear_view(),
+            l.vector_size,
+            l.param.clone().into_linear_view(),
             grad.into_linear_view(),
-            param_out_arg,
-            InputScalar::new(lr, elem),
-            InputScalar::new(weight_decay, elem),
-            weight_decay != 0.0,
-            elem,
+            out_arg,
+            l.scalar(s.lr),
+            l.scalar(s.weight_decay),
+            s.weight_decay != 0.0,
+            l.elem,
         );
     }
-    param_out
+    l.out
 }
 
 /// momentum != 0, first step: the buffer is created (= d).
 pub fn sgd_momentum_first(
     param: CubeTensor,
     grad: CubeTensor,
-    lr: f64,
-    momentum: f64,
-    weight_decay: f64,
-    nesterov: bool,
+    s: SgdParams,
 ) -> (CubeTensor, CubeTensor) {
-    let param = into_contiguous(param);
-    let grad = prepare(grad, &param, "grad");
+    let l = ParamLaunch::new(param);
+    let grad = prepare(grad, &l.param, "grad");
     // The new buffer always gets its own allocation (contiguous: 1-D, fresh).
-    let buf_out = output_tensor(&param, false);
-    if param.meta.num_elements() == 0 {
-        return (param, buf_out);
+    let buf_out = output_tensor(&l.param, false);
+    if l.is_empty() {
+        return (l.param, buf_out);
     }
-    let param_in_place = writable(&param);
-    let param_out = output_tensor(&param, param_in_place);
-
-    let geo = launch_geometry(&param);
-    let addr = address_type(&[&param, &grad, &param_out, &buf_out]);
-    let elem = dtype_to_storage_type(param.dtype);
-    let client = param.client.clone();
-    let param_out_arg = if param_in_place {
-        param.as_linear_view_alias(0)
-    } else {
-        param_out.clone().into_linear_view()
-    };
-
+    let addr = address_type(&[&l.param, &grad, &l.out, &buf_out]);
+    let out_arg = l.out_arg();
     unsafe {
         sgd_momentum_first_kernel::launch_unchecked(
-            &client,
-            geo.cube_count,
-            geo.cube_dim,
+            &l.param.client,
+            l.cube_count.clone(),
+            l.cube_dim,
             addr,
-            geo.vector_size,
-            param.into_linear_view(),
+            l.vector_size,
+            l.param.clone().into_linear_view(),
             grad.into_linear_view(),
-            param_out_arg,
+            out_arg,
             buf_out.clone().into_linear_view(),
-            InputScalar::new(lr, elem),
-            InputScalar::new(momentum, elem),
-            InputScalar::new(weight_decay, elem),
-            weight_decay != 0.0,
-            nesterov,
-            elem,
+            l.scalar(s.lr),
+            l.scalar(s.momentum),
+            l.scalar(s.weight_decay),
+            s.weight_decay != 0.0,
+            s.nesterov,
+            l.elem,
         );
     }
-    (param_out, buf_out)
+    (l.out, buf_out)
 }
 
 /// momentum != 0, later steps: reads and rewrites the buffer.
-#[allow(clippy::too_many_arguments)]
 pub fn sgd_momentum(
     param: CubeTensor,
     grad: CubeTensor,
     buf: CubeTensor,
-    lr: f64,
-    momentum: f64,
-    dampening: f64,
-    weight_decay: f64,
-    nesterov: bool,
+    s: SgdParams,
 ) -> (CubeTensor, CubeTensor) {
-    let param = into_contiguous(param);
-    let grad = prepare(grad, &param, "grad");
-    let buf = prepare(buf, &param, "momentum buffer");
-    if param.meta.num_elements() == 0 {
-        return (param, buf);
+    let l = ParamLaunch::new(param);
+    let grad = prepare(grad, &l.param, "grad");
+    let buf = prepare(buf, &l.param, "momentum buffer");
+    if l.is_empty() {
+        return (l.param, buf);
     }
-    let param_in_place = writable(&param);
     let buf_in_place = writable(&buf);
-    let param_out = output_tensor(&param, param_in_place);
     let buf_out = output_tensor(&buf, buf_in_place);
-
-    let geo = launch_geometry(&param);
-    let addr = address_type(&[&param, &grad, &buf, &param_out, &buf_out]);
-    let elem = dtype_to_storage_type(param.dtype);
-    let client = param.client.clone();
+    let addr = address_type(&[&l.param, &grad, &buf, &l.out, &buf_out]);
     // Input positions: param = 0, grad = 1, buf = 2.
-    let param_out_arg = if param_in_place {
-        param.as_linear_view_alias(0)
-    } else {
-        param_out.clone().into_linear_view()
-    };
+    let out_arg = l.out_arg();
     let buf_out_arg = if buf_in_place {
         buf.as_linear_view_alias(2)
     } else {
         buf_out.clone().into_linear_view()
     };
-
     unsafe {
         sgd_momentum_kernel::launch_unchecked(
-            &client,
-            geo.cube_count,
-            geo.cube_dim,
+            &l.param.client,
+            l.cube_count.clone(),
+            l.cube_dim,
             addr,
-            geo.vector_size,
-            param.into_linear_view(),
+            l.vector_size,
+            l.param.clone().into_linear_view(),
             grad.into_linear_view(),
             buf.into_linear_view(),
-            param_out_arg,
+            out_arg,
             buf_out_arg,
-            InputScalar::new(lr, elem),
-            InputScalar::new(momentum, elem),
-            InputScalar::new(1.0 - dampening, elem),
-            InputScalar::new(weight_decay, elem),
-            weight_decay != 0.0,
-            nesterov,
-            elem,
+            l.scalar(s.lr),
+            l.scalar(s.momentum),
+            l.scalar(1.0 - s.dampening),
+            l.scalar(s.weight_decay),
+            s.weight_decay != 0.0,
+            s.nesterov,
+            l.elem,
         );
     }
-    (param_out, buf_out)
+    (l.out, buf_out)
 }

@@ -22,37 +22,43 @@ use burn_cubecl::CubeBackend;
 /// No `Autodiff` selector: optimizer updates take non-autodiff tensors; a tensor with an
 /// enabled autodiff context reaching this trait panics ("Autodiff not supported for custom
 /// op"). [`sgd_update`] strips it with `Tensor::inner`.
+/// `torch.optim.SGD`'s hyper-parameters for one step (PyTorch's names and meaning).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SgdParams {
+    /// Learning rate.
+    pub lr: f64,
+    /// Momentum factor (0: plain SGD, no buffer).
+    pub momentum: f64,
+    /// Dampening of the momentum's gradient term.
+    pub dampening: f64,
+    /// L2 penalty added to the gradient.
+    pub weight_decay: f64,
+    /// Nesterov momentum.
+    pub nesterov: bool,
+}
+
 #[backend_extension(Cube, Flex)]
 pub trait SgdBackend: Backend {
     /// momentum == 0: returns the new parameter.
     fn sgd_plain(
         param: FloatTensor<Self>,
         grad: FloatTensor<Self>,
-        lr: f64,
-        weight_decay: f64,
+        params: SgdParams,
     ) -> FloatTensor<Self>;
 
     /// momentum != 0, first step (no buffer yet): returns (new parameter, new buffer).
     fn sgd_momentum_first(
         param: FloatTensor<Self>,
         grad: FloatTensor<Self>,
-        lr: f64,
-        momentum: f64,
-        weight_decay: f64,
-        nesterov: bool,
+        params: SgdParams,
     ) -> (FloatTensor<Self>, FloatTensor<Self>);
 
     /// momentum != 0, later steps: returns (new parameter, new buffer).
-    #[allow(clippy::too_many_arguments)]
     fn sgd_momentum(
         param: FloatTensor<Self>,
         grad: FloatTensor<Self>,
         buf: FloatTensor<Self>,
-        lr: f64,
-        momentum: f64,
-        dampening: f64,
-        weight_decay: f64,
-        nesterov: bool,
+        params: SgdParams,
     ) -> (FloatTensor<Self>, FloatTensor<Self>);
 }
 
@@ -63,43 +69,26 @@ impl SgdBackend for CubeBackend {
     fn sgd_plain(
         param: FloatTensor<Self>,
         grad: FloatTensor<Self>,
-        lr: f64,
-        weight_decay: f64,
+        params: SgdParams,
     ) -> FloatTensor<Self> {
-        cube::sgd_plain(param, grad, lr, weight_decay)
+        cube::sgd_plain(param, grad, params)
     }
 
     fn sgd_momentum_first(
         param: FloatTensor<Self>,
         grad: FloatTensor<Self>,
-        lr: f64,
-        momentum: f64,
-        weight_decay: f64,
-        nesterov: bool,
+        params: SgdParams,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        cube::sgd_momentum_first(param, grad, lr, momentum, weight_decay, nesterov)
+        cube::sgd_momentum_first(param, grad, params)
     }
 
     fn sgd_momentum(
         param: FloatTensor<Self>,
         grad: FloatTensor<Self>,
         buf: FloatTensor<Self>,
-        lr: f64,
-        momentum: f64,
-        dampening: f64,
-        weight_decay: f64,
-        nesterov: bool,
+        params: SgdParams,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        cube::sgd_momentum(
-            param,
-            grad,
-            buf,
-            lr,
-            momentum,
-            dampening,
-            weight_decay,
-            nesterov,
-        )
+        cube::sgd_momentum(param, grad, buf, params)
     }
 }
 
@@ -111,132 +100,80 @@ fn flex_primitive(tensor: Tensor<1>) -> FloatTensor<Flex> {
     crate::flex::to_primitive(tensor, "sgd_update")
 }
 
+/// Flex runs the reference; a buffer is always returned where momentum is non-zero.
+fn flex_step(
+    param: FloatTensor<Flex>,
+    grad: FloatTensor<Flex>,
+    buf: Option<FloatTensor<Flex>>,
+    params: SgdParams,
+) -> (FloatTensor<Flex>, Option<FloatTensor<Flex>>) {
+    let (param, buf) = reference::sgd_update(
+        flex_tensor(param),
+        flex_tensor(grad),
+        buf.map(flex_tensor),
+        &params,
+    );
+    (flex_primitive(param), buf.map(flex_primitive))
+}
+
 impl SgdBackend for Flex {
     fn sgd_plain(
         param: FloatTensor<Self>,
         grad: FloatTensor<Self>,
-        lr: f64,
-        weight_decay: f64,
+        params: SgdParams,
     ) -> FloatTensor<Self> {
-        let (param, _) = reference::sgd_update(
-            flex_tensor(param),
-            flex_tensor(grad),
-            None,
-            lr,
-            0.0,
-            0.0,
-            weight_decay,
-            false,
-            true,
-        );
-        flex_primitive(param)
+        flex_step(param, grad, None, params).0
     }
 
     fn sgd_momentum_first(
         param: FloatTensor<Self>,
         grad: FloatTensor<Self>,
-        lr: f64,
-        momentum: f64,
-        weight_decay: f64,
-        nesterov: bool,
+        params: SgdParams,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let (param, buf) = reference::sgd_update(
-            flex_tensor(param),
-            flex_tensor(grad),
-            None,
-            lr,
-            momentum,
-            0.0,
-            weight_decay,
-            nesterov,
-            true,
-        );
-        (
-            flex_primitive(param),
-            flex_primitive(buf.expect("momentum != 0 yields a buffer")),
-        )
+        let (param, buf) = flex_step(param, grad, None, params);
+        (param, buf.expect("momentum != 0 yields a buffer"))
     }
 
     fn sgd_momentum(
         param: FloatTensor<Self>,
         grad: FloatTensor<Self>,
         buf: FloatTensor<Self>,
-        lr: f64,
-        momentum: f64,
-        dampening: f64,
-        weight_decay: f64,
-        nesterov: bool,
+        params: SgdParams,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let (param, buf) = reference::sgd_update(
-            flex_tensor(param),
-            flex_tensor(grad),
-            Some(flex_tensor(buf)),
-            lr,
-            momentum,
-            dampening,
-            weight_decay,
-            nesterov,
-            false,
-        );
-        (
-            flex_primitive(param),
-            flex_primitive(buf.expect("momentum != 0 yields a buffer")),
-        )
+        let (param, buf) = flex_step(param, grad, Some(buf), params);
+        (param, buf.expect("momentum != 0 yields a buffer"))
     }
 }
 
 /// One `torch.optim.SGD` step on a flat parameter; see [`reference::sgd_update`] for the exact
 /// arithmetic. Fused into one kernel pass on cube devices, plain burn ops on flex.
 ///
-/// Inputs may carry autodiff; outputs never do (the caller re-wraps with `Tensor::from_inner`
-/// / `require_grad`, as `engine/src/train/sgd.rs` already does). `momentum_buf` is ignored
-/// when `first_step`; the returned buffer is `None` exactly when `momentum == 0`.
+/// `momentum_buf` is `None` on the first step (the buffer starts as the gradient, as torch's
+/// does). Inputs may carry autodiff; outputs never do (the caller re-wraps with
+/// `Tensor::from_inner` / `require_grad`, as `engine/src/train/sgd.rs` does). The returned
+/// buffer is `None` exactly when `momentum == 0`.
 ///
 /// # Panics
-/// When `momentum != 0`, `first_step` is false and `momentum_buf` is `None`; when the inputs'
-/// shapes, dtypes or devices differ; on a device whose backend is neither cube nor flex.
-#[allow(clippy::too_many_arguments)]
+/// When the inputs' shapes, dtypes or devices differ; on a device whose backend is neither
+/// cube nor flex.
 pub fn sgd_update(
     param: Tensor<1>,
     grad: Tensor<1>,
     momentum_buf: Option<Tensor<1>>,
-    lr: f64,
-    momentum: f64,
-    dampening: f64,
-    weight_decay: f64,
-    nesterov: bool,
-    first_step: bool,
+    params: &SgdParams,
 ) -> (Tensor<1>, Option<Tensor<1>>) {
     let param = param.inner().into_dispatch();
     let grad = grad.inner().into_dispatch();
-    if momentum == 0.0 {
-        let param = <Dispatch as SgdBackend>::sgd_plain(param, grad, lr, weight_decay);
+    if params.momentum == 0.0 {
+        let param = <Dispatch as SgdBackend>::sgd_plain(param, grad, *params);
         return (Tensor::from_dispatch(param), None);
     }
-    let (param, buf) = if first_step {
-        <Dispatch as SgdBackend>::sgd_momentum_first(
-            param,
-            grad,
-            lr,
-            momentum,
-            weight_decay,
-            nesterov,
-        )
-    } else {
-        let buf = momentum_buf
-            .expect("sgd_update: a momentum buffer is required after the first step")
-            .inner()
-            .into_dispatch();
-        <Dispatch as SgdBackend>::sgd_momentum(
-            param,
-            grad,
-            buf,
-            lr,
-            momentum,
-            dampening,
-            weight_decay,
-            nesterov,
-        )
+    let (param, buf) = match momentum_buf {
+        None => <Dispatch as SgdBackend>::sgd_momentum_first(param, grad, *params),
+        Some(buf) => {
+            let buf = buf.inner().into_dispatch();
+            <Dispatch as SgdBackend>::sgd_momentum(param, grad, buf, *params)
+        }
     };
     (
         Tensor::from_dispatch(param),
@@ -276,30 +213,19 @@ mod tests {
             (0.9, 0.1, 0.0, false),
             (0.9, 0.0, 5e-4, true),
         ] {
+            let params = SgdParams {
+                lr: 0.1,
+                momentum,
+                dampening,
+                weight_decay: wd,
+                nesterov,
+            };
             for first_step in [true, false] {
                 let (p, g, b) = inputs(&device);
-                let (want_p, want_b) = reference::sgd_update(
-                    p.clone(),
-                    g.clone(),
-                    Some(b.clone()),
-                    0.1,
-                    momentum,
-                    dampening,
-                    wd,
-                    nesterov,
-                    first_step,
-                );
-                let (got_p, got_b) = sgd_update(
-                    p,
-                    g,
-                    Some(b),
-                    0.1,
-                    momentum,
-                    dampening,
-                    wd,
-                    nesterov,
-                    first_step,
-                );
+                let b = (!first_step).then_some(b);
+                let (want_p, want_b) =
+                    reference::sgd_update(p.clone(), g.clone(), b.clone(), &params);
+                let (got_p, got_b) = sgd_update(p, g, b, &params);
                 close(got_p, want_p);
                 assert_eq!(got_b.is_some(), want_b.is_some());
                 if let (Some(got), Some(want)) = (got_b, want_b) {
@@ -311,7 +237,14 @@ mod tests {
 
     crate::test_device!(autodiff_inputs_are_accepted, |device: Device| {
         let (p, g, _) = inputs(&device.clone().autodiff());
-        let (out, _) = sgd_update(p.clone(), g.clone(), None, 0.1, 0.0, 0.0, 0.0, false, true);
+        let params = SgdParams {
+            lr: 0.1,
+            momentum: 0.0,
+            dampening: 0.0,
+            weight_decay: 0.0,
+            nesterov: false,
+        };
+        let (out, _) = sgd_update(p.clone(), g.clone(), None, &params);
         assert!(!out.is_autodiff());
         close(out, p.inner() - g.inner().mul_scalar(0.1));
     });
@@ -345,28 +278,15 @@ mod tests {
             for special in [false, true] {
                 let t =
                     |seed| Tensor::<1>::from_floats(values(n, seed, special).as_slice(), &device);
-                let (want_p, want_b) = reference::sgd_update(
-                    t(0.0),
-                    t(1.0),
-                    Some(t(2.0)),
-                    0.1,
-                    0.9,
-                    0.1,
-                    1e-4,
-                    true,
-                    false,
-                );
-                let (got_p, got_b) = sgd_update(
-                    t(0.0),
-                    t(1.0),
-                    Some(t(2.0)),
-                    0.1,
-                    0.9,
-                    0.1,
-                    1e-4,
-                    true,
-                    false,
-                );
+                let params = SgdParams {
+                    lr: 0.1,
+                    momentum: 0.9,
+                    dampening: 0.1,
+                    weight_decay: 1e-4,
+                    nesterov: true,
+                };
+                let (want_p, want_b) = reference::sgd_update(t(0.0), t(1.0), Some(t(2.0)), &params);
+                let (got_p, got_b) = sgd_update(t(0.0), t(1.0), Some(t(2.0)), &params);
                 same(got_p, want_p);
                 same(got_b.unwrap(), want_b.unwrap());
             }
@@ -400,17 +320,14 @@ mod tests {
                     Tensor::<1>::from_floats(values(n, step as f32, false).as_slice(), &device);
                 let (p, s) = sgd.step(0.01, theirs, grad.clone(), state);
                 (theirs, state) = (p, s);
-                let (p, b) = sgd_update(
-                    ours,
-                    grad,
-                    buf,
-                    0.01,
-                    0.5,
-                    0.25,
-                    0.0009765625,
+                let params = SgdParams {
+                    lr: 0.01,
+                    momentum: 0.5,
+                    dampening: 0.25,
+                    weight_decay: 0.0009765625,
                     nesterov,
-                    step == 0,
-                );
+                };
+                let (p, b) = sgd_update(ours, grad, buf, &params);
                 (ours, buf) = (p, b);
             }
             ours.into_data()

@@ -4,29 +4,30 @@
 
 use burn::tensor::Tensor;
 
+use super::SgdParams;
+
 /// One `torch.optim.SGD` step on a flat parameter.
 ///
 /// - `d = grad + weight_decay * param` (skipped when `weight_decay == 0`, as torch does)
-/// - momentum != 0: `buf = first_step ? d : momentum * buf + (1 - dampening) * d`,
+/// - momentum != 0: `buf = d` on the first step (no buffer yet), else
+///   `buf = momentum * buf + (1 - dampening) * d`,
 ///   then `d = nesterov ? d + momentum * buf : buf`
 /// - `param = param - lr * d`
 ///
 /// Returns the new parameter and, when `momentum != 0`, the new momentum buffer.
-///
-/// # Panics
-/// When `momentum != 0`, `first_step` is false and `momentum_buf` is `None`.
-#[allow(clippy::too_many_arguments)]
 pub fn sgd_update(
     param: Tensor<1>,
     grad: Tensor<1>,
     momentum_buf: Option<Tensor<1>>,
-    lr: f64,
-    momentum: f64,
-    dampening: f64,
-    weight_decay: f64,
-    nesterov: bool,
-    first_step: bool,
+    params: &SgdParams,
 ) -> (Tensor<1>, Option<Tensor<1>>) {
+    let SgdParams {
+        lr,
+        momentum,
+        dampening,
+        weight_decay,
+        nesterov,
+    } = *params;
     let mut d = grad;
     if weight_decay != 0.0 {
         d = d + param.clone().mul_scalar(weight_decay);
@@ -34,12 +35,9 @@ pub fn sgd_update(
     if momentum == 0.0 {
         return (param - d.mul_scalar(lr), None);
     }
-    let buf = if first_step {
-        d.clone()
-    } else {
-        let buf =
-            momentum_buf.expect("sgd_update: a momentum buffer is required after the first step");
-        buf.mul_scalar(momentum) + d.clone().mul_scalar(1.0 - dampening)
+    let buf = match momentum_buf {
+        None => d.clone(),
+        Some(buf) => buf.mul_scalar(momentum) + d.clone().mul_scalar(1.0 - dampening),
     };
     let d = if nesterov {
         d + buf.clone().mul_scalar(momentum)

@@ -8,9 +8,9 @@ use std::time::Duration;
 use rusqlite::{Connection, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 
-use crate::error::EngineError;
-use crate::runs::schema::MIGRATIONS;
-use crate::runs::{RunStatus, now};
+use crate::error::RunsError;
+use crate::schema::MIGRATIONS;
+use crate::{RunStatus, now};
 
 /// One run as the history holds it.
 #[derive(Debug, Clone, Serialize)]
@@ -117,17 +117,17 @@ pub struct RunHistory {
     home: PathBuf,
 }
 
-pub(super) fn db_error(e: rusqlite::Error) -> EngineError {
-    EngineError::Runs(format!("run history: {e}"))
+pub(super) fn db_error(e: rusqlite::Error) -> RunsError {
+    RunsError::Runs(format!("run history: {e}"))
 }
 
 impl RunHistory {
     /// Opens (creating and migrating) the database under `home`.
-    pub fn open(home: &Path) -> Result<Self, EngineError> {
-        std::fs::create_dir_all(home).map_err(|e| EngineError::io(home, e))?;
+    pub fn open(home: &Path) -> Result<Self, RunsError> {
+        std::fs::create_dir_all(home).map_err(|e| RunsError::io(home, e))?;
         let path = home.join("kiln.db");
         let mut conn = Connection::open(&path).map_err(|e| {
-            EngineError::Runs(format!(
+            RunsError::Runs(format!(
                 "cannot open the run history {}: {e}",
                 path.display()
             ))
@@ -147,7 +147,7 @@ impl RunHistory {
             .query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))
             .map_err(db_error)? as usize;
         if version > MIGRATIONS.len() {
-            return Err(EngineError::Runs(format!(
+            return Err(RunsError::Runs(format!(
                 "the run history {} has schema version {version}; this kiln knows up to {}",
                 path.display(),
                 MIGRATIONS.len()
@@ -171,7 +171,7 @@ impl RunHistory {
     }
 
     /// The schema version.
-    pub fn schema_version(&self) -> Result<usize, EngineError> {
+    pub fn schema_version(&self) -> Result<usize, RunsError> {
         self.conn
             .query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))
             .map(|v| v as usize)
@@ -179,7 +179,7 @@ impl RunHistory {
     }
 
     /// Records a new `Queued` run with a fresh id.
-    pub fn create_run(&mut self, new: &NewRun) -> Result<String, EngineError> {
+    pub fn create_run(&mut self, new: &NewRun) -> Result<String, RunsError> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -218,7 +218,7 @@ impl RunHistory {
                 experiment,
                 RunStatus::Queued.as_str(),
                 t,
-                crate::dist::wire::hostname(),
+                kiln_engine::dist::wire::hostname(),
                 std::process::id(),
                 new.compute_target,
                 new.job
@@ -230,7 +230,7 @@ impl RunHistory {
     }
 
     /// Moves a run to `status` unless it already ended; returns whether it moved.
-    pub fn set_status(&self, id: &str, status: RunStatus) -> Result<bool, EngineError> {
+    pub fn set_status(&self, id: &str, status: RunStatus) -> Result<bool, RunsError> {
         let n = self
             .conn
             .execute(
@@ -243,7 +243,7 @@ impl RunHistory {
     }
 
     /// Records the source's git state.
-    pub fn set_git(&self, id: &str, commit: &str, dirty: bool) -> Result<(), EngineError> {
+    pub fn set_git(&self, id: &str, commit: &str, dirty: bool) -> Result<(), RunsError> {
         self.conn
             .execute(
                 "UPDATE runs SET git_commit = ?2, git_dirty = ?3 WHERE id = ?1",
@@ -260,7 +260,7 @@ impl RunHistory {
         command: &str,
         process_group: Option<i64>,
         scheduler_id: Option<&str>,
-    ) -> Result<(), EngineError> {
+    ) -> Result<(), RunsError> {
         let t = now();
         self.conn
             .execute(
@@ -280,7 +280,7 @@ impl RunHistory {
         status: RunStatus,
         exit_code: Option<i64>,
         error: Option<&str>,
-    ) -> Result<bool, EngineError> {
+    ) -> Result<bool, RunsError> {
         let t = now();
         let n = self
             .conn
@@ -294,7 +294,7 @@ impl RunHistory {
     }
 
     /// Asks for a run to stop; returns false when it already ended.
-    pub fn request_cancel(&self, id: &str) -> Result<bool, EngineError> {
+    pub fn request_cancel(&self, id: &str) -> Result<bool, RunsError> {
         let n = self
             .conn
             .execute(
@@ -307,7 +307,7 @@ impl RunHistory {
     }
 
     /// Whether `kiln runs cancel` asked for the run to stop.
-    pub fn cancel_requested(&self, id: &str) -> Result<bool, EngineError> {
+    pub fn cancel_requested(&self, id: &str) -> Result<bool, RunsError> {
         self.conn
             .query_row(
                 "SELECT cancel_requested FROM runs WHERE id = ?1",
@@ -318,7 +318,7 @@ impl RunHistory {
     }
 
     /// Appends metric values in one transaction; returns how many were added.
-    pub fn add_metrics(&mut self, id: &str, metrics: &[Metric]) -> Result<usize, EngineError> {
+    pub fn add_metrics(&mut self, id: &str, metrics: &[Metric]) -> Result<usize, RunsError> {
         if metrics.is_empty() {
             return Ok(0);
         }
@@ -353,7 +353,7 @@ impl RunHistory {
     }
 
     /// Replaces the run's artifact list with `files` (path relative to the run, size).
-    pub fn set_artifacts(&mut self, id: &str, files: &[(String, u64)]) -> Result<(), EngineError> {
+    pub fn set_artifacts(&mut self, id: &str, files: &[(String, u64)]) -> Result<(), RunsError> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -371,7 +371,7 @@ impl RunHistory {
     }
 
     /// The run's artifacts: path relative to the run directory, size.
-    pub fn artifacts(&self, id: &str) -> Result<Vec<(String, u64)>, EngineError> {
+    pub fn artifacts(&self, id: &str) -> Result<Vec<(String, u64)>, RunsError> {
         let mut q = self
             .conn
             .prepare("SELECT path, size FROM artifacts WHERE run_id = ?1 ORDER BY path")
@@ -383,9 +383,9 @@ impl RunHistory {
     }
 
     /// Resolves a run id or a unique prefix of one.
-    pub fn resolve(&self, id: &str) -> Result<String, EngineError> {
+    pub fn resolve(&self, id: &str) -> Result<String, RunsError> {
         if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric()) {
-            return Err(EngineError::Runs(format!("no run '{id}'")));
+            return Err(RunsError::Runs(format!("no run '{id}'")));
         }
         let mut q = self
             .conn
@@ -398,26 +398,26 @@ impl RunHistory {
             .map_err(db_error)?;
         match ids.as_slice() {
             [one] => Ok(one.clone()),
-            [] => Err(EngineError::Runs(format!(
+            [] => Err(RunsError::Runs(format!(
                 "no run '{id}' (see `kiln runs list`)"
             ))),
             _ if ids.contains(&id.to_string()) => Ok(id.to_string()),
-            _ => Err(EngineError::Runs(format!(
+            _ => Err(RunsError::Runs(format!(
                 "'{id}' matches several runs; give more of the id"
             ))),
         }
     }
 
     /// One run (id or unique prefix), with its last metrics.
-    pub fn run(&self, id: &str) -> Result<RunRecord, EngineError> {
+    pub fn run(&self, id: &str) -> Result<RunRecord, RunsError> {
         let id = self.resolve(id)?;
         let mut runs = self.query_runs("WHERE r.id = ?1", &[&id])?;
         runs.pop()
-            .ok_or_else(|| EngineError::Runs(format!("no run '{id}'")))
+            .ok_or_else(|| RunsError::Runs(format!("no run '{id}'")))
     }
 
     /// All runs, newest first, optionally of one experiment.
-    pub fn runs(&self, experiment: Option<&str>) -> Result<Vec<RunRecord>, EngineError> {
+    pub fn runs(&self, experiment: Option<&str>) -> Result<Vec<RunRecord>, RunsError> {
         match experiment {
             Some(e) => self.query_runs("WHERE e.name = ?1 ORDER BY r.created DESC", &[&e]),
             None => self.query_runs("ORDER BY r.created DESC", &[]),
@@ -428,7 +428,7 @@ impl RunHistory {
         &self,
         clause: &str,
         args: &[&dyn rusqlite::ToSql],
-    ) -> Result<Vec<RunRecord>, EngineError> {
+    ) -> Result<Vec<RunRecord>, RunsError> {
         let sql = format!(
             "SELECT r.id, r.name, e.name, r.status, r.created, r.started, r.ended, r.exit_code,
                 r.error, r.host, r.compute_target, r.command, r.git_commit, r.git_dirty,
@@ -474,7 +474,7 @@ impl RunHistory {
     }
 
     /// Every metric value of a run, in the order logged.
-    pub fn metrics(&self, id: &str) -> Result<Vec<Metric>, EngineError> {
+    pub fn metrics(&self, id: &str) -> Result<Vec<Metric>, RunsError> {
         let mut q = self
             .conn
             .prepare(
@@ -499,7 +499,7 @@ impl RunHistory {
     }
 
     /// How many metric values a run has.
-    pub fn metric_count(&self, id: &str) -> Result<usize, EngineError> {
+    pub fn metric_count(&self, id: &str) -> Result<usize, RunsError> {
         self.conn
             .query_row(
                 "SELECT count(*) FROM metrics WHERE run_id = ?1",
@@ -510,7 +510,7 @@ impl RunHistory {
     }
 
     /// The last value of each metric key of a run.
-    pub fn last_metrics(&self, id: &str) -> Result<Vec<(String, f64)>, EngineError> {
+    pub fn last_metrics(&self, id: &str) -> Result<Vec<(String, f64)>, RunsError> {
         let mut q = self
             .conn
             .prepare(
@@ -538,8 +538,8 @@ impl RunHistory {
 
     /// Runs that say they are active on this machine but whose submitter holds no lock:
     /// their `kiln submit` was killed. Each becomes `Failed` (lost); returns their ids.
-    pub fn reap_lost(&self) -> Result<Vec<String>, EngineError> {
-        let host = crate::dist::wire::hostname();
+    pub fn reap_lost(&self) -> Result<Vec<String>, RunsError> {
+        let host = kiln_engine::dist::wire::hostname();
         let mut q = self
             .conn
             .prepare(

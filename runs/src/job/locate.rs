@@ -1,6 +1,8 @@
 //! Where in a job file a problem is: the line of a key, the table a line belongs to, and a
 //! "did you mean" for unknown keys and values.
 
+use kiln_engine::config::{did_you_mean, unknown_value};
+
 /// Rewrites serde's message about an unknown key or variant with a "did you mean".
 pub(super) fn explain(text: &str, line: usize, message: &str) -> String {
     let key = key_on_line(text, line);
@@ -11,54 +13,22 @@ pub(super) fn explain(text: &str, line: usize, message: &str) -> String {
     let backticked: Vec<&str> = message.split('`').skip(1).step_by(2).collect();
     let unknown = message.starts_with("unknown field") || message.starts_with("unknown variant");
     if unknown && let Some((given, known)) = backticked.split_first() {
-        let what = if message.starts_with("unknown field") {
-            "unknown key"
-        } else {
-            "unknown value"
-        };
+        if message.starts_with("unknown variant") {
+            return format!("{prefix}{}", unknown_value(given, known));
+        }
         let table = table_on_line(text, line);
-        let place = if table.is_empty() || what == "unknown value" {
+        let place = if table.is_empty() {
             String::new()
         } else {
             format!(" in [{table}]")
         };
-        let key_prefix = if what == "unknown key" {
-            String::new()
-        } else {
-            prefix
-        };
         return format!(
-            "{key_prefix}{what} '{given}'{place}{}; expected one of {}",
+            "unknown key '{given}'{place}{}; expected one of {}",
             did_you_mean(given, known),
             known.join(", ")
         );
     }
     format!("{prefix}{}", message.trim())
-}
-
-/// `; did you mean 'x'?` when a known name is within a couple of edits of `given`.
-pub fn did_you_mean(given: &str, known: &[&str]) -> String {
-    known
-        .iter()
-        .map(|k| (edit_distance(given, k), *k))
-        .filter(|(d, k)| *d <= 2.max(k.len() / 4) && *d < k.len())
-        .min()
-        .map_or(String::new(), |(_, k)| format!("; did you mean '{k}'?"))
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut prev = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let cur = row[j + 1];
-            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
-            prev = cur;
-        }
-    }
-    row[b.len()]
 }
 
 /// The 1-based line of byte `offset`.
@@ -124,8 +94,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn distances_and_lines() {
-        assert_eq!(edit_distance("kitten", "sitting"), 3);
+    fn lines() {
         let text = "a = 1\n[train]\nepochs = 2\n";
         assert_eq!(line_of_key(text, "train", "epochs"), 3);
         assert_eq!(line_of_key(text, "", "a"), 1);

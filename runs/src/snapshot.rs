@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::error::EngineError;
+use crate::error::RunsError;
 
 /// The default snapshot limit, 300 MiB; `KILN_SNAPSHOT_LIMIT_MB` changes it.
 pub const DEFAULT_LIMIT_BYTES: u64 = 300 << 20;
@@ -25,7 +25,7 @@ pub struct SnapshotSummary {
 
 /// The snapshot limit in bytes.
 pub fn limit_bytes() -> u64 {
-    std::env::var("KILN_SNAPSHOT_LIMIT_MB")
+    std::env::var(kiln_engine::env::SNAPSHOT_LIMIT_MB)
         .ok()
         .and_then(|v| v.trim().parse::<f64>().ok())
         .filter(|v| v.is_finite() && *v >= 0.0)
@@ -33,7 +33,7 @@ pub fn limit_bytes() -> u64 {
 }
 
 /// Copies `source` into `dest` (created), honouring the ignore file and `limit` bytes.
-pub fn snapshot(source: &Path, dest: &Path, limit: u64) -> Result<SnapshotSummary, EngineError> {
+pub fn snapshot(source: &Path, dest: &Path, limit: u64) -> Result<SnapshotSummary, RunsError> {
     let ignore = IgnoreRules::load(source)?;
     let mut files = Vec::new();
     walk(source, Path::new(""), &ignore, &mut files)?;
@@ -45,7 +45,7 @@ pub fn snapshot(source: &Path, dest: &Path, limit: u64) -> Result<SnapshotSummar
             .take(3)
             .map(|(p, size)| format!("{} ({})", p.display(), human_bytes(*size)))
             .collect();
-        return Err(EngineError::Runs(format!(
+        return Err(RunsError::Runs(format!(
             "source_directory {} holds {} to snapshot, over the {} limit (largest: {}); list \
              what the run does not need in {}/.kilnignore or raise KILN_SNAPSHOT_LIMIT_MB",
             source.display(),
@@ -55,19 +55,19 @@ pub fn snapshot(source: &Path, dest: &Path, limit: u64) -> Result<SnapshotSummar
             source.display()
         )));
     }
-    std::fs::create_dir_all(dest).map_err(|e| EngineError::io(dest, e))?;
+    std::fs::create_dir_all(dest).map_err(|e| RunsError::io(dest, e))?;
     for (rel, _) in &files {
         let from = source.join(rel);
         let to = dest.join(rel);
         if let Some(parent) = to.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| EngineError::io(parent, e))?;
+            std::fs::create_dir_all(parent).map_err(|e| RunsError::io(parent, e))?;
         }
-        let meta = std::fs::symlink_metadata(&from).map_err(|e| EngineError::io(&from, e))?;
+        let meta = std::fs::symlink_metadata(&from).map_err(|e| RunsError::io(&from, e))?;
         if meta.file_type().is_symlink() {
-            let target = std::fs::read_link(&from).map_err(|e| EngineError::io(&from, e))?;
-            std::os::unix::fs::symlink(target, &to).map_err(|e| EngineError::io(&to, e))?;
+            let target = std::fs::read_link(&from).map_err(|e| RunsError::io(&from, e))?;
+            std::os::unix::fs::symlink(target, &to).map_err(|e| RunsError::io(&to, e))?;
         } else {
-            std::fs::copy(&from, &to).map_err(|e| EngineError::io(&from, e))?;
+            std::fs::copy(&from, &to).map_err(|e| RunsError::io(&from, e))?;
         }
     }
     Ok(SnapshotSummary {
@@ -81,12 +81,12 @@ fn walk(
     rel: &Path,
     ignore: &IgnoreRules,
     out: &mut Vec<(PathBuf, u64)>,
-) -> Result<(), EngineError> {
+) -> Result<(), RunsError> {
     let dir = root.join(rel);
     let mut entries: Vec<_> = std::fs::read_dir(&dir)
-        .map_err(|e| EngineError::io(&dir, e))?
+        .map_err(|e| RunsError::io(&dir, e))?
         .collect::<Result<_, _>>()
-        .map_err(|e| EngineError::io(&dir, e))?;
+        .map_err(|e| RunsError::io(&dir, e))?;
     entries.sort_by_key(|e| e.file_name());
     for entry in entries {
         let name = entry.file_name();
@@ -97,7 +97,7 @@ fn walk(
             continue;
         }
         let path = rel.join(&name);
-        let kind = entry.file_type().map_err(|e| EngineError::io(&path, e))?;
+        let kind = entry.file_type().map_err(|e| RunsError::io(&path, e))?;
         let is_dir = kind.is_dir();
         if ignore.ignored(&path, is_dir) {
             continue;
@@ -108,10 +108,7 @@ fn walk(
             let size = if kind.is_symlink() {
                 0
             } else {
-                entry
-                    .metadata()
-                    .map_err(|e| EngineError::io(&path, e))?
-                    .len()
+                entry.metadata().map_err(|e| RunsError::io(&path, e))?.len()
             };
             out.push((path, size));
         }
@@ -136,11 +133,11 @@ struct Rule {
 
 impl IgnoreRules {
     /// Reads `root/.kilnignore`, else `root/.gitignore`, else no rules.
-    pub fn load(root: &Path) -> Result<Self, EngineError> {
+    pub fn load(root: &Path) -> Result<Self, RunsError> {
         for name in [".kilnignore", ".gitignore"] {
             let path = root.join(name);
             if path.is_file() {
-                let text = std::fs::read_to_string(&path).map_err(|e| EngineError::io(&path, e))?;
+                let text = std::fs::read_to_string(&path).map_err(|e| RunsError::io(&path, e))?;
                 return Ok(Self::parse(&text));
             }
         }

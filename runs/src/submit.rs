@@ -13,12 +13,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::error::EngineError;
+use crate::command::{self, Launch};
+use crate::error::RunsError;
+use crate::history::{NewRun, RunHistory};
+use crate::home::RunPaths;
+use crate::ingest::MetricsTail;
 use crate::job::{ComputeTarget, JobSpec};
-use crate::runs::command::{self, Launch, RunPaths};
-use crate::runs::history::{NewRun, RunHistory};
-use crate::runs::ingest::MetricsTail;
-use crate::runs::{LOCK_FILE, RunStatus, SubmitterLock, snapshot};
+use crate::{LOCK_FILE, RunStatus, SubmitterLock, snapshot};
 
 /// How long a canceled program has to exit after SIGTERM before it gets SIGKILL.
 const KILL_GRACE: Duration = Duration::from_secs(10);
@@ -46,7 +47,7 @@ pub struct RunOutcome {
 pub fn prepare(
     history: &mut RunHistory,
     job: &JobSpec,
-) -> Result<(RunPaths, SubmitterLock), EngineError> {
+) -> Result<(RunPaths, SubmitterLock), RunsError> {
     let json = serde_json::to_string(job).expect("a job serialises");
     let target = serde_json::to_value(job.compute_target).expect("a target serialises");
     let id = history.create_run(&NewRun {
@@ -58,10 +59,10 @@ pub fn prepare(
     let paths = RunPaths::new(history.home(), &id);
     let lock = (|| {
         for dir in [&paths.dir, &paths.outputs, &paths.logs] {
-            std::fs::create_dir_all(dir).map_err(|e| EngineError::io(dir, e))?;
+            std::fs::create_dir_all(dir).map_err(|e| RunsError::io(dir, e))?;
         }
         let lock_path = paths.dir.join(LOCK_FILE);
-        SubmitterLock::acquire(&lock_path).map_err(|e| EngineError::io(&lock_path, e))
+        SubmitterLock::acquire(&lock_path).map_err(|e| RunsError::io(&lock_path, e))
     })();
     let lock = match lock {
         Ok(lock) => lock,
@@ -78,13 +79,9 @@ pub fn prepare(
     Ok((paths, lock))
 }
 
-fn write_run_files(
-    history: &RunHistory,
-    job: &JobSpec,
-    paths: &RunPaths,
-) -> Result<(), EngineError> {
+fn write_run_files(history: &RunHistory, job: &JobSpec, paths: &RunPaths) -> Result<(), RunsError> {
     let write =
-        |path: &Path, text: &str| std::fs::write(path, text).map_err(|e| EngineError::io(path, e));
+        |path: &Path, text: &str| std::fs::write(path, text).map_err(|e| RunsError::io(path, e));
     match &job.source_directory {
         Some(source) => {
             if let Some((commit, dirty)) = snapshot::git_state(source) {
@@ -93,12 +90,12 @@ fn write_run_files(
             snapshot::snapshot(source, &paths.snapshot, snapshot::limit_bytes())?;
         }
         None => std::fs::create_dir_all(&paths.snapshot)
-            .map_err(|e| EngineError::io(&paths.snapshot, e))?,
+            .map_err(|e| RunsError::io(&paths.snapshot, e))?,
     }
     for name in ["outputs", "logs"] {
         let link = paths.snapshot.join(name);
         std::os::unix::fs::symlink(Path::new("..").join(name), &link)
-            .map_err(|e| EngineError::io(&link, e))?;
+            .map_err(|e| RunsError::io(&link, e))?;
     }
     write(
         &paths.dir.join("job.json"),
@@ -123,7 +120,7 @@ pub fn execute(
     kiln: &Path,
     echo: bool,
     lock: Option<SubmitterLock>,
-) -> Result<RunOutcome, EngineError> {
+) -> Result<RunOutcome, RunsError> {
     let result = execute_locked(history, id, kiln, echo, lock);
     if let Err(e) = &result
         && let Ok(id) = history.resolve(id)
@@ -139,26 +136,26 @@ fn execute_locked(
     kiln: &Path,
     echo: bool,
     lock: Option<SubmitterLock>,
-) -> Result<RunOutcome, EngineError> {
+) -> Result<RunOutcome, RunsError> {
     let record = history.run(id)?;
     let paths = RunPaths::new(history.home(), &record.id);
     let lock_path = paths.dir.join(LOCK_FILE);
     let _lock = match lock {
         Some(lock) => lock,
-        None => SubmitterLock::acquire(&lock_path).map_err(|e| EngineError::io(&lock_path, e))?,
+        None => SubmitterLock::acquire(&lock_path).map_err(|e| RunsError::io(&lock_path, e))?,
     };
     // Only a prepared run starts, and only once.
     let current = history.run(&record.id)?.status;
     if !matches!(current, RunStatus::Queued | RunStatus::Preparing)
         || !history.set_status(&record.id, RunStatus::Preparing)?
     {
-        return Err(EngineError::Runs(format!(
+        return Err(RunsError::Runs(format!(
             "run {} is {current}; only a prepared run can start",
             record.id
         )));
     }
     let job: JobSpec = serde_json::from_str(&record.job)
-        .map_err(|e| EngineError::Runs(format!("run {id}: unreadable job: {e}")))?;
+        .map_err(|e| RunsError::Runs(format!("run {id}: unreadable job: {e}")))?;
     install_interrupt_handler();
     let started = Instant::now();
     let mut ingest = MetricsTail::new(paths.metrics_file());
@@ -171,7 +168,7 @@ fn execute_locked(
             Ok(launch) => {
                 let command_line = launch.display();
                 let mut watch =
-                    |history: &mut RunHistory| -> Result<bool, EngineError> {
+                    |history: &mut RunHistory| -> Result<bool, RunsError> {
                         metrics += history.add_metrics(&paths.id, &ingest.poll())?;
                         Ok(INTERRUPTED.load(Ordering::SeqCst)
                             || history.cancel_requested(&paths.id)?)
@@ -269,7 +266,7 @@ impl Ended {
     }
 }
 
-type Watch<'a> = dyn FnMut(&mut RunHistory) -> Result<bool, EngineError> + 'a;
+type Watch<'a> = dyn FnMut(&mut RunHistory) -> Result<bool, RunsError> + 'a;
 
 fn run_process(
     history: &mut RunHistory,
@@ -278,37 +275,11 @@ fn run_process(
     command_line: &str,
     echo: bool,
     watch: &mut Watch,
-) -> Result<Ended, EngineError> {
-    let Launch::Process { program, args, env } = launch else {
+) -> Result<Ended, RunsError> {
+    let Launch::Process { program, .. } = launch else {
         unreachable!("run_process gets a process");
     };
-    let mut cmd = Command::new(program);
-    cmd.args(args)
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .current_dir(&paths.snapshot)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    if program.as_os_str() == "mpirun" && unsafe { libc::geteuid() } == 0 {
-        // Open MPI refuses root unless asked twice; containers often run as root.
-        cmd.env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-            .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
-    }
-    // SAFETY: prctl, getppid and raise are async-signal-safe. The program dies with its
-    // submitter; if the submitter died before prctl ran, the program stops at once.
-    let submitter = std::process::id() as libc::pid_t;
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if libc::getppid() != submitter {
-                libc::raise(libc::SIGTERM);
-            }
-            Ok(())
-        });
-    }
+    let mut cmd = program_command(launch, paths);
     let mut child = match cmd.spawn() {
         Ok(child) => child,
         Err(e) => {
@@ -342,10 +313,10 @@ fn run_process(
     let mut killed = false;
     let status = loop {
         match exit.recv_timeout(Duration::from_millis(200)) {
-            Ok(status) => break status.map_err(|e| EngineError::Runs(e.to_string()))?,
+            Ok(status) => break status.map_err(|e| RunsError::Runs(e.to_string()))?,
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                return Err(EngineError::Runs("lost track of the program".into()));
+                return Err(RunsError::Runs("lost track of the program".into()));
             }
         }
         if watch(history)? {
@@ -364,8 +335,56 @@ fn run_process(
             }
         }
     };
-    // The program is done; whatever it left running in its group (a `sleep &`, a server)
-    // ends with it, so nothing keeps the output pipes open.
+    stop_leftovers(pgid, pumps);
+    let code = status
+        .code()
+        .map(i64::from)
+        .or(status.signal().map(|s| 128 + i64::from(s)))
+        .unwrap_or(1);
+    // `kiln runs cancel` signals the group itself: the program may end before the flag is seen.
+    let canceled = canceled_at.is_some() || watch(history)?;
+    Ok(Ended::from_code(code, status.signal(), canceled))
+}
+
+/// The program's command: in the snapshot, in a process group of its own, output piped, and
+/// set to die with its submitter.
+fn program_command(launch: &Launch, paths: &RunPaths) -> Command {
+    let Launch::Process { program, args, env } = launch else {
+        unreachable!("a process launch");
+    };
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .current_dir(&paths.snapshot)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    if program.as_os_str() == "mpirun" && unsafe { libc::geteuid() } == 0 {
+        // Open MPI refuses root unless asked twice; containers often run as root.
+        cmd.env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+            .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
+    }
+    // SAFETY: prctl, getppid and raise are async-signal-safe. The program dies with its
+    // submitter; if the submitter died before prctl ran, the program stops at once.
+    let submitter = std::process::id() as libc::pid_t;
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() != submitter {
+                libc::raise(libc::SIGTERM);
+            }
+            Ok(())
+        });
+    }
+    cmd
+}
+
+/// The program is done; whatever it left running in its group (a `sleep &`, a server) ends
+/// with it, so nothing keeps the output pipes open.
+fn stop_leftovers(pgid: i64, pumps: [std::thread::JoinHandle<()>; 2]) {
     let mut leftovers = 0;
     while pumps.iter().any(|p| !p.is_finished()) {
         let signal = match leftovers {
@@ -384,14 +403,6 @@ fn run_process(
     for p in pumps {
         let _ = p.join();
     }
-    let code = status
-        .code()
-        .map(i64::from)
-        .or(status.signal().map(|s| 128 + i64::from(s)))
-        .unwrap_or(1);
-    // `kiln runs cancel` signals the group itself: the program may end before the flag is seen.
-    let canceled = canceled_at.is_some() || watch(history)?;
-    Ok(Ended::from_code(code, status.signal(), canceled))
 }
 
 fn run_slurm(
@@ -400,9 +411,9 @@ fn run_slurm(
     script: &str,
     echo: bool,
     watch: &mut Watch,
-) -> Result<Ended, EngineError> {
+) -> Result<Ended, RunsError> {
     let script_path = paths.dir.join("job.sbatch");
-    std::fs::write(&script_path, script).map_err(|e| EngineError::io(&script_path, e))?;
+    std::fs::write(&script_path, script).map_err(|e| RunsError::io(&script_path, e))?;
     let submitted = Command::new("sbatch")
         .arg("--parsable")
         .arg(&script_path)
@@ -501,13 +512,13 @@ pub fn print_appended(path: &Path, from: u64) -> std::io::Result<u64> {
     Ok(from + bytes.len() as u64)
 }
 
-fn open_log(paths: &RunPaths) -> Result<Arc<Mutex<File>>, EngineError> {
+fn open_log(paths: &RunPaths) -> Result<Arc<Mutex<File>>, RunsError> {
     let path = paths.output_log();
     let file = File::options()
         .create(true)
         .append(true)
         .open(&path)
-        .map_err(|e| EngineError::io(&path, e))?;
+        .map_err(|e| RunsError::io(&path, e))?;
     Ok(Arc::new(Mutex::new(file)))
 }
 
@@ -569,16 +580,16 @@ fn artifacts(paths: &RunPaths) -> Vec<(String, u64)> {
 
 /// Stops run `id`: asks its submitter, signals its process group (or `scancel`s its Slurm job),
 /// and waits until it ends; a run whose submitter is gone is marked `Canceled` here.
-pub fn cancel(history: &RunHistory, id: &str) -> Result<RunStatus, EngineError> {
+pub fn cancel(history: &RunHistory, id: &str) -> Result<RunStatus, RunsError> {
     let run = history.run(id)?;
     if run.status.is_final() {
-        return Err(EngineError::Runs(format!(
+        return Err(RunsError::Runs(format!(
             "run {} already ended ({})",
             run.id, run.status
         )));
     }
     history.request_cancel(&run.id)?;
-    let here = run.host == crate::dist::wire::hostname();
+    let here = run.host == kiln_engine::dist::wire::hostname();
     let signal = |sig: i32| {
         let Some(pg) = history.run(&run.id).ok().and_then(|r| r.process_group) else {
             return;

@@ -5,8 +5,11 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 
-use crate::error::EngineError;
-use crate::runs::history::Metric;
+use kiln_engine::dist::WorldInfo;
+use kiln_engine::env::{self, RunContext};
+
+use crate::error::RunsError;
+use crate::history::Metric;
 
 /// Reads complete lines appended to a metrics file since the last poll.
 pub(crate) struct MetricsTail {
@@ -68,21 +71,22 @@ impl MetricsTail {
 
 /// Appends one metric to `$KILN_LOGS/metrics.jsonl` in a single write, so concurrent writers
 /// never interleave within a line (`kiln log-metric`).
-pub fn log_metric(name: &str, value: f64, step: Option<i64>) -> Result<PathBuf, EngineError> {
-    let logs = std::env::var_os("KILN_LOGS")
-        .filter(|v| !v.is_empty())
-        .ok_or_else(|| {
-            EngineError::Runs(
-                "KILN_LOGS is not set: kiln log-metric records into a run started by kiln submit"
-                    .into(),
-            )
-        })?;
+pub fn log_metric(name: &str, value: f64, step: Option<i64>) -> Result<PathBuf, RunsError> {
+    let logs = RunContext::from_env().logs.ok_or_else(|| {
+        RunsError::Runs(format!(
+            "{} is not set: kiln log-metric records into a run started by kiln submit",
+            env::LOGS
+        ))
+    })?;
     if name.is_empty() {
-        return Err(EngineError::Runs("a metric needs a name".into()));
+        return Err(RunsError::Runs("a metric needs a name".into()));
     }
-    let path = PathBuf::from(logs).join("metrics.jsonl");
+    let path = logs.join("metrics.jsonl");
     let metric = Metric {
-        rank: std::env::var("RANK").ok().and_then(|r| r.parse().ok()),
+        rank: WorldInfo::from_env()
+            .ok()
+            .filter(|w| w.source != "none")
+            .map(|w| w.rank as i64),
         epoch: None,
         step,
         split: None,
@@ -96,9 +100,9 @@ pub fn log_metric(name: &str, value: f64, step: Option<i64>) -> Result<PathBuf, 
         .create(true)
         .append(true)
         .open(&path)
-        .map_err(|e| EngineError::io(&path, e))?;
+        .map_err(|e| RunsError::io(&path, e))?;
     file.write_all(line.as_bytes())
-        .map_err(|e| EngineError::io(&path, e))?;
+        .map_err(|e| RunsError::io(&path, e))?;
     Ok(path)
 }
 

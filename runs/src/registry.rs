@@ -7,13 +7,13 @@ use std::path::{Component, Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::error::EngineError;
+use crate::error::RunsError;
 use crate::job::check_name;
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
 
-use crate::runs::history::db_error;
-use crate::runs::{RunHistory, now};
+use crate::history::db_error;
+use crate::{RunHistory, now};
 
 /// The model registry over a run history.
 pub struct ModelRegistry<'a> {
@@ -33,19 +33,19 @@ impl<'a> ModelRegistry<'a> {
         run: &str,
         name: &str,
         path: &str,
-    ) -> Result<(i64, Vec<ModelFile>), EngineError> {
-        check_name(name).map_err(|why| EngineError::Runs(format!("model name {why}")))?;
+    ) -> Result<(i64, Vec<ModelFile>), RunsError> {
+        check_name(name).map_err(|why| RunsError::Runs(format!("model name {why}")))?;
         let run = self.history.resolve(run)?;
         let rel = inside(path)?;
         let run_dir = super::run_dir(self.history.home(), &run);
         let source = resolve_in(&run_dir, &rel).ok_or_else(|| {
-            EngineError::Runs(format!(
+            RunsError::Runs(format!(
                 "run {run} has no {path} (looked in {})",
                 run_dir.display()
             ))
         })?;
         let models = self.history.home().join("models").join(name);
-        std::fs::create_dir_all(&models).map_err(|e| EngineError::io(&models, e))?;
+        std::fs::create_dir_all(&models).map_err(|e| RunsError::io(&models, e))?;
         let staging = models.join(format!(".staging-{}", super::new_run_id()));
         let mut files = Vec::new();
         let copied = copy_tree(&source, &staging, Path::new(""), &mut files);
@@ -55,7 +55,7 @@ impl<'a> ModelRegistry<'a> {
         }
         if files.is_empty() {
             let _ = std::fs::remove_dir_all(&staging);
-            return Err(EngineError::Runs(format!(
+            return Err(RunsError::Runs(format!(
                 "{} holds no files",
                 source.display()
             )));
@@ -65,9 +65,9 @@ impl<'a> ModelRegistry<'a> {
             // The history has no such version: a directory there is what a registration that
             // died before its commit left behind.
             if dest.exists() {
-                std::fs::remove_dir_all(&dest).map_err(|e| EngineError::io(&dest, e))?;
+                std::fs::remove_dir_all(&dest).map_err(|e| RunsError::io(&dest, e))?;
             }
-            std::fs::rename(&staging, &dest).map_err(|e| EngineError::io(&dest, e))
+            std::fs::rename(&staging, &dest).map_err(|e| RunsError::io(&dest, e))
         };
         let result = self
             .history
@@ -79,25 +79,25 @@ impl<'a> ModelRegistry<'a> {
     }
 
     /// Every registered version.
-    pub fn list(&self) -> Result<Vec<ModelRecord>, EngineError> {
+    pub fn list(&self) -> Result<Vec<ModelRecord>, RunsError> {
         self.history.models()
     }
 
     /// Copies `NAME[:VERSION]` (the latest version without one) into `dest`, checking every
     /// file's SHA-256; returns the version.
-    pub fn download(&self, spec: &str, dest: &Path) -> Result<i64, EngineError> {
+    pub fn download(&self, spec: &str, dest: &Path) -> Result<i64, RunsError> {
         let (name, version) = match spec.rsplit_once(':') {
             Some((n, v)) => {
                 let v = v.parse::<i64>().map_err(|_| {
-                    EngineError::Runs(format!("'{spec}': the version after ':' must be a number"))
+                    RunsError::Runs(format!("'{spec}': the version after ':' must be a number"))
                 })?;
                 (n, Some(v))
             }
             None => (spec, None),
         };
-        check_name(name).map_err(|why| EngineError::Runs(format!("model name {why}")))?;
+        check_name(name).map_err(|why| RunsError::Runs(format!("model name {why}")))?;
         let Some((version, files)) = self.history.model_files(name, version)? else {
-            return Err(EngineError::Runs(match version {
+            return Err(RunsError::Runs(match version {
                 Some(v) => format!("no model {name} version {v} (see `kiln models list`)"),
                 None => format!("no model named {name} (see `kiln models list`)"),
             }));
@@ -114,7 +114,7 @@ impl<'a> ModelRegistry<'a> {
             let rel = inside(&file.path)?;
             let (size, sha) = hash_file(&stored.join(&rel))?;
             if sha != file.sha256 || size != file.size {
-                return Err(EngineError::Runs(format!(
+                return Err(RunsError::Runs(format!(
                     "model {name}:{version} file {} is corrupt in the registry: sha256 {sha}, \
                      recorded {}",
                     file.path, file.sha256
@@ -122,7 +122,7 @@ impl<'a> ModelRegistry<'a> {
             }
             let to = dest.join(&rel);
             if to.exists() {
-                return Err(EngineError::Runs(format!(
+                return Err(RunsError::Runs(format!(
                     "{} already exists; download into an empty directory",
                     to.display()
                 )));
@@ -132,12 +132,12 @@ impl<'a> ModelRegistry<'a> {
             let rel = inside(&file.path)?;
             let to = dest.join(&rel);
             if let Some(parent) = to.parent() {
-                std::fs::create_dir_all(parent).map_err(|e| EngineError::io(parent, e))?;
+                std::fs::create_dir_all(parent).map_err(|e| RunsError::io(parent, e))?;
             }
             let (size, sha) = copy_hashed(&stored.join(&rel), &to)?;
             if sha != file.sha256 || size != file.size {
                 let _ = std::fs::remove_file(&to);
-                return Err(EngineError::Runs(format!(
+                return Err(RunsError::Runs(format!(
                     "model {name}:{version} file {} is corrupt in the registry: sha256 {sha}, \
                      recorded {}",
                     file.path, file.sha256
@@ -149,13 +149,13 @@ impl<'a> ModelRegistry<'a> {
 }
 
 /// `path` as a relative path that stays inside its root (no `..`, no absolute paths).
-pub fn inside(path: &str) -> Result<PathBuf, EngineError> {
+pub fn inside(path: &str) -> Result<PathBuf, RunsError> {
     let p = Path::new(path);
     let ok = !path.is_empty()
         && p.components()
             .all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
     if !ok {
-        return Err(EngineError::Runs(format!(
+        return Err(RunsError::Runs(format!(
             "'{path}' must be a relative path inside the run (no '..', not absolute)"
         )));
     }
@@ -178,19 +178,19 @@ fn copy_tree(
     to: &Path,
     rel: &Path,
     files: &mut Vec<ModelFile>,
-) -> Result<(), EngineError> {
-    let link = std::fs::symlink_metadata(from).map_err(|e| EngineError::io(from, e))?;
+) -> Result<(), RunsError> {
+    let link = std::fs::symlink_metadata(from).map_err(|e| RunsError::io(from, e))?;
     if link.file_type().is_symlink() {
-        return Err(EngineError::Runs(format!(
+        return Err(RunsError::Runs(format!(
             "{} is a symbolic link; a model holds plain files",
             from.display()
         )));
     }
-    let meta = std::fs::metadata(from).map_err(|e| EngineError::io(from, e))?;
+    let meta = std::fs::metadata(from).map_err(|e| RunsError::io(from, e))?;
     if meta.is_dir() {
-        std::fs::create_dir_all(to.join(rel)).map_err(|e| EngineError::io(to, e))?;
+        std::fs::create_dir_all(to.join(rel)).map_err(|e| RunsError::io(to, e))?;
         let mut entries: Vec<_> = std::fs::read_dir(from)
-            .map_err(|e| EngineError::io(from, e))?
+            .map_err(|e| RunsError::io(from, e))?
             .flatten()
             .collect();
         entries.sort_by_key(|e| e.file_name());
@@ -206,7 +206,7 @@ fn copy_tree(
     };
     let dest = to.join(&rel);
     if let Some(parent) = dest.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| EngineError::io(parent, e))?;
+        std::fs::create_dir_all(parent).map_err(|e| RunsError::io(parent, e))?;
     }
     let (size, sha256) = copy_hashed(from, &dest)?;
     files.push(ModelFile {
@@ -218,10 +218,10 @@ fn copy_tree(
 }
 
 /// The size and lowercase hex SHA-256 of a file.
-fn hash_file(path: &Path) -> Result<(u64, String), EngineError> {
-    let mut input = std::fs::File::open(path).map_err(|e| EngineError::io(path, e))?;
+fn hash_file(path: &Path) -> Result<(u64, String), RunsError> {
+    let mut input = std::fs::File::open(path).map_err(|e| RunsError::io(path, e))?;
     let mut hasher = Sha256::new();
-    let size = std::io::copy(&mut input, &mut hasher).map_err(|e| EngineError::io(path, e))?;
+    let size = std::io::copy(&mut input, &mut hasher).map_err(|e| RunsError::io(path, e))?;
     Ok((size, hex(&hasher.finalize())))
 }
 
@@ -230,24 +230,24 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// Copies one file, hashing as it goes; returns its size and lowercase hex SHA-256.
-pub fn copy_hashed(from: &Path, to: &Path) -> Result<(u64, String), EngineError> {
-    let mut input = std::fs::File::open(from).map_err(|e| EngineError::io(from, e))?;
-    let mut output = std::fs::File::create(to).map_err(|e| EngineError::io(to, e))?;
+pub fn copy_hashed(from: &Path, to: &Path) -> Result<(u64, String), RunsError> {
+    let mut input = std::fs::File::open(from).map_err(|e| RunsError::io(from, e))?;
+    let mut output = std::fs::File::create(to).map_err(|e| RunsError::io(to, e))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut size = 0u64;
     loop {
-        let n = input.read(&mut buf).map_err(|e| EngineError::io(from, e))?;
+        let n = input.read(&mut buf).map_err(|e| RunsError::io(from, e))?;
         if n == 0 {
             break;
         }
         hasher.update(&buf[..n]);
         output
             .write_all(&buf[..n])
-            .map_err(|e| EngineError::io(to, e))?;
+            .map_err(|e| RunsError::io(to, e))?;
         size += n as u64;
     }
-    output.sync_all().map_err(|e| EngineError::io(to, e))?;
+    output.sync_all().map_err(|e| RunsError::io(to, e))?;
     Ok((size, hex(&hasher.finalize())))
 }
 
@@ -291,8 +291,8 @@ impl RunHistory {
         run_id: Option<&str>,
         source_path: &str,
         files: &[ModelFile],
-        place: impl FnOnce(i64) -> Result<(), EngineError>,
-    ) -> Result<i64, EngineError> {
+        place: impl FnOnce(i64) -> Result<(), RunsError>,
+    ) -> Result<i64, RunsError> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -324,7 +324,7 @@ impl RunHistory {
     }
 
     /// Registered models, newest version of each name first.
-    pub fn models(&self) -> Result<Vec<ModelRecord>, EngineError> {
+    pub fn models(&self) -> Result<Vec<ModelRecord>, RunsError> {
         let mut q = self
             .conn
             .prepare(
@@ -355,7 +355,7 @@ impl RunHistory {
         &self,
         name: &str,
         version: Option<i64>,
-    ) -> Result<Option<(i64, Vec<ModelFile>)>, EngineError> {
+    ) -> Result<Option<(i64, Vec<ModelFile>)>, RunsError> {
         let version: Option<i64> = match version {
             Some(v) => self
                 .conn

@@ -5,55 +5,13 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::error::EngineError;
+use kiln_engine::dist::env::DEFAULT_PORT;
+use kiln_engine::dist::launcher;
+use kiln_engine::env;
+
+use crate::error::RunsError;
+use crate::home::RunPaths;
 use crate::job::{ComputeTarget, DistributedBackend, JobSpec};
-
-/// Where a run's pieces are.
-#[derive(Debug, Clone)]
-pub struct RunPaths {
-    /// The run's id.
-    pub id: String,
-    /// `$KILN_HOME`.
-    pub home: PathBuf,
-    /// `$KILN_HOME/runs/<id>`.
-    pub dir: PathBuf,
-    /// The working directory: the source snapshot.
-    pub snapshot: PathBuf,
-    /// `KILN_OUTPUTS`.
-    pub outputs: PathBuf,
-    /// `KILN_LOGS`.
-    pub logs: PathBuf,
-}
-
-impl RunPaths {
-    /// The layout of run `id` under `home`.
-    pub fn new(home: &Path, id: &str) -> Self {
-        let dir = super::run_dir(home, id);
-        Self {
-            id: id.to_string(),
-            home: home.to_path_buf(),
-            snapshot: dir.join("snapshot"),
-            outputs: dir.join("outputs"),
-            logs: dir.join("logs"),
-            dir,
-        }
-    }
-
-    /// The combined stdout and stderr of the run.
-    pub fn output_log(&self) -> PathBuf {
-        self.logs.join("output.log")
-    }
-
-    /// The metrics file programs append to.
-    pub fn metrics_file(&self) -> PathBuf {
-        self.logs.join("metrics.jsonl")
-    }
-
-    /// The `[train]` table the built-in trainer reads.
-    pub fn train_job(&self) -> PathBuf {
-        self.dir.join("train.toml")
-    }
-}
 
 /// How a run is started.
 #[derive(Debug, Clone, PartialEq)]
@@ -93,7 +51,7 @@ fn worker(
     job: &JobSpec,
     paths: &RunPaths,
     kiln: &Path,
-) -> Result<(PathBuf, Vec<String>), EngineError> {
+) -> Result<(PathBuf, Vec<String>), RunsError> {
     let mut args = Vec::new();
     let program = match &job.entry_script {
         None => {
@@ -112,7 +70,7 @@ fn worker(
                 Some("sh") => Some("bash"),
                 Some("py") => Some("python3"),
                 _ => {
-                    return Err(EngineError::Runs(format!(
+                    return Err(RunsError::Runs(format!(
                         "entry_script {} is not executable (chmod +x it, or use a .sh or .py \
                          script)",
                         script.display()
@@ -136,17 +94,17 @@ fn worker(
 pub fn run_env(job: &JobSpec, paths: &RunPaths) -> Vec<(String, String)> {
     let s = |p: &Path| p.to_string_lossy().into_owned();
     let mut env = vec![
-        ("KILN_RUN_ID".to_string(), paths.id.clone()),
-        ("KILN_OUTPUTS".to_string(), s(&paths.outputs)),
-        ("KILN_LOGS".to_string(), s(&paths.logs)),
-        ("KILN_HOME".to_string(), s(&paths.home)),
+        (env::RUN_ID.to_string(), paths.id.clone()),
+        (env::OUTPUTS.to_string(), s(&paths.outputs)),
+        (env::LOGS.to_string(), s(&paths.logs)),
+        (env::HOME.to_string(), s(&paths.home)),
     ];
     env.extend(job.environment.iter().cloned());
     env
 }
 
 /// How `job` is started, given the kiln executable (for built-in training and `kiln launch`).
-pub fn plan(job: &JobSpec, paths: &RunPaths, kiln: &Path) -> Result<Launch, EngineError> {
+pub fn plan(job: &JobSpec, paths: &RunPaths, kiln: &Path) -> Result<Launch, RunsError> {
     let (program, mut args) = worker(job, paths, kiln)?;
     let mut env = run_env(job, paths);
     let world = job.world_size();
@@ -178,7 +136,7 @@ pub fn plan(job: &JobSpec, paths: &RunPaths, kiln: &Path) -> Result<Launch, Engi
                 .unwrap_or_else(|| "127.0.0.1".into());
             env.push(("MASTER_ADDR".into(), master));
             env.push(("MASTER_PORT".into(), free_port().to_string()));
-            env.push(("KILN_JOB_TOKEN".into(), random_token()));
+            env.push((env::JOB_TOKEN.into(), random_token()));
             if job.hosts.is_empty() && ppn > 1 && !env.iter().any(|(k, _)| k == "RAYON_NUM_THREADS")
             {
                 env.push((
@@ -291,9 +249,7 @@ pub fn quote(word: &str) -> String {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_or(29500, |a| a.port())
+    launcher::free_port().unwrap_or(DEFAULT_PORT)
 }
 
 fn random_token() -> String {

@@ -1,0 +1,159 @@
+//! One epoch: the training steps (forward, loss, backward, the strategy's gradients, SGD) and
+//! the validation pass, each returning this rank's sums; the strategy adds them up across
+//! ranks.
+
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::optim::GradientsParams;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use kiln_kernels::preprocess::{RawBatch, preprocess};
+use kiln_models::Model;
+
+use crate::data::Batch;
+use crate::data::transform::{IMAGENET_MEAN, IMAGENET_STD};
+use crate::error::EngineError;
+use crate::train::checkpoint::TrainerState;
+use crate::train::loss::{cross_entropy, cross_entropy_sum};
+use crate::train::metrics::correct_top_k;
+use crate::train::progress::Progress;
+use crate::train::setup::Setup;
+use crate::train::strategies::Strategy;
+
+/// One epoch of training on this rank.
+pub(crate) struct TrainSums {
+    /// Summed loss over the images seen.
+    pub loss: f64,
+    /// Images whose top-1 prediction was right.
+    pub correct: usize,
+    /// Images trained on.
+    pub seen: usize,
+    /// The learning rate of the last step.
+    pub lr: f64,
+    /// Images skipped because they did not decode.
+    pub skipped: usize,
+    /// Seconds the steps took.
+    pub seconds: f64,
+}
+
+/// One validation pass on this rank.
+pub(crate) struct ValSums {
+    /// Summed loss.
+    pub loss: f64,
+    /// Top-1 hits.
+    pub correct: usize,
+    /// Top-5 hits.
+    pub top5: usize,
+    /// Images validated.
+    pub seen: usize,
+}
+
+/// Trains `model` for epoch `epoch` (0-based): every step takes a batch, runs forward and
+/// backward, hands the gradients to `strategy` and lets SGD step.
+pub(crate) fn train_epoch(
+    setup: &mut Setup,
+    strategy: &mut dyn Strategy,
+    mut model: Model,
+    state: &mut TrainerState,
+    progress: &mut Progress,
+    epochs: usize,
+) -> Result<(Model, TrainSums), EngineError> {
+    let epoch = state.epochs_done;
+    let classes = setup.classes.len();
+    let mut sums = TrainSums {
+        loss: 0.0,
+        correct: 0,
+        seen: 0,
+        lr: setup.schedule.base,
+        skipped: 0,
+        seconds: 0.0,
+    };
+    let started = Instant::now();
+    let indices = setup.train.sampler.indices(epoch);
+    let batches = setup.train.loader.batches(epoch, indices);
+    for (step, batch) in batches.take(setup.steps_per_epoch).enumerate() {
+        let batch = batch?;
+        sums.skipped += batch.skipped.len();
+        let lr = setup.schedule.lr(epoch, step);
+        sums.lr = lr;
+        let head_lr = lr * setup.head_ratio;
+        if batch.is_empty() {
+            // Every rank takes part in every step's collectives: a batch whose images all
+            // failed to decode contributes zeros.
+            if strategy.steps_without_images() {
+                let grads = strategy.gradients(&model, GradientsParams::new())?;
+                model = setup.sgd.step(model, grads, lr, head_lr);
+                state.global_step += 1;
+            }
+            continue;
+        }
+        let (x, y) = to_device(&batch, setup.image_size, &setup.device);
+        let logits = model.forward(x);
+        let loss = cross_entropy(logits.clone(), y);
+        let loss_value: f32 = loss.clone().into_scalar();
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let grads = strategy.gradients(&model, grads)?;
+        model = setup.sgd.step(model, grads, lr, head_lr);
+        let logits = logits.into_data().try_to_vec::<f32>().unwrap_or_default();
+        sums.correct += correct_top_k(&logits, &batch.labels, classes, 1);
+        sums.loss += loss_value as f64 * batch.len() as f64;
+        sums.seen += batch.len();
+        state.global_step += 1;
+        let rate = sums.seen as f64 / started.elapsed().as_secs_f64();
+        progress.step(epoch + 1, epochs, sums.loss / sums.seen as f64, rate);
+    }
+    sums.seconds = started.elapsed().as_secs_f64();
+    Ok((model, sums))
+}
+
+/// Scores this rank's share of the validation set with `model` in eval mode.
+pub(crate) fn validate(setup: &Setup, model: &Model) -> Result<ValSums, EngineError> {
+    let classes = setup.classes.len();
+    let device = setup.device.clone().inner();
+    let eval = model.valid();
+    let mut sums = ValSums {
+        loss: 0.0,
+        correct: 0,
+        top5: 0,
+        seen: 0,
+    };
+    let indices = setup.val.sampler.indices(0);
+    for batch in setup.val.loader.batches(0, indices) {
+        let batch = batch?;
+        if batch.is_empty() {
+            continue;
+        }
+        let (x, _) = to_device(&batch, setup.image_size, &device);
+        let logits = eval
+            .forward(x)
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap_or_default();
+        sums.loss += cross_entropy_sum(&logits, &batch.labels, classes);
+        sums.correct += correct_top_k(&logits, &batch.labels, classes, 1);
+        sums.top5 += correct_top_k(&logits, &batch.labels, classes, 5);
+        sums.seen += batch.len();
+    }
+    Ok(sums)
+}
+
+/// A batch as the model's input and labels on `device`; raw batches are flipped and
+/// normalised there.
+fn to_device(batch: &Batch, size: u32, device: &Device) -> (Tensor<4>, Tensor<1, Int>) {
+    let n = batch.len();
+    let s = size as usize;
+    let x = if !batch.pixels.is_empty() {
+        let raw = RawBatch {
+            pixels: &batch.pixels,
+            height: s,
+            width: s,
+            crops: &vec![(0, 0); n],
+            flips: &batch.flips,
+        };
+        preprocess(&raw, s, IMAGENET_MEAN, IMAGENET_STD, device)
+    } else {
+        Tensor::from_data(TensorData::new(batch.images.clone(), [n, 3, s, s]), device)
+    };
+    let y = Tensor::from_data(TensorData::new(batch.labels.clone(), [n]), device);
+    (x, y)
+}

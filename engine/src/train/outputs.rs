@@ -1,0 +1,138 @@
+//! What a run writes, on rank 0 only: each epoch's metrics and checkpoint, and at the end the
+//! best epoch's weights as the model directory and the curves. Where: `output_dir` (or the
+//! submitted run's `outputs/`) and `logs/` beside it (or the run's `logs/`).
+
+use std::path::{Path, PathBuf};
+
+use burn::module::Module;
+use kiln_models::torchvision::{self, LoadOptions};
+use kiln_models::{Arch, Model};
+
+use crate::config::{DEFAULT_OUTPUT_DIR, TrainConfig};
+use crate::data::transform::{IMAGENET_MEAN, IMAGENET_STD};
+use crate::env::RunContext;
+use crate::error::EngineError;
+use crate::model_dir::{self, ModelInfo};
+use crate::train::checkpoint::{self, EpochMetrics, TrainerState};
+use crate::train::metrics::MetricsLog;
+use crate::train::sgd::Sgd;
+
+/// Where a run's files go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunFolders {
+    /// `model/`, `checkpoints/` and `curves.png`.
+    pub outputs: PathBuf,
+    /// `metrics.jsonl`.
+    pub logs: PathBuf,
+}
+
+impl RunFolders {
+    /// The config's output directory, unless a submitted run names its own and the config
+    /// kept the default; the run's logs directory, else `logs/` beside the outputs.
+    pub fn new(config: &TrainConfig, run: &RunContext) -> Self {
+        let outputs = match &run.outputs {
+            Some(outputs) if config.output_dir == Path::new(DEFAULT_OUTPUT_DIR) => outputs.clone(),
+            _ => config.output_dir.clone(),
+        };
+        let logs = run
+            .logs
+            .clone()
+            .unwrap_or_else(|| sibling(&outputs, "logs"));
+        Self { outputs, logs }
+    }
+
+    /// `outputs/checkpoints`.
+    pub fn checkpoints(&self) -> PathBuf {
+        self.outputs.join("checkpoints")
+    }
+
+    /// `outputs/model`.
+    pub fn model(&self) -> PathBuf {
+        self.outputs.join("model")
+    }
+}
+
+/// `outputs` -> `logs` beside it (`./logs` when `outputs` has no parent).
+fn sibling(outputs: &Path, name: &str) -> PathBuf {
+    match outputs.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.join(name),
+        _ => PathBuf::from(name),
+    }
+}
+
+/// Rank 0's writer of a run's files; other ranks hold none.
+pub(crate) struct RunWriter {
+    folders: RunFolders,
+    metrics: MetricsLog,
+}
+
+impl RunWriter {
+    /// Opens `metrics.jsonl` for run `run_id`.
+    pub fn open(folders: RunFolders, run_id: &str) -> Result<Self, EngineError> {
+        let metrics = MetricsLog::open(&folders.logs.join("metrics.jsonl"), run_id, 0)?;
+        Ok(Self { folders, metrics })
+    }
+
+    /// Records a finished epoch: its metrics, then its checkpoint.
+    pub fn epoch(
+        &mut self,
+        m: &EpochMetrics,
+        state: &TrainerState,
+        model: &Model,
+        sgd: &Sgd,
+    ) -> Result<(), EngineError> {
+        let train = [
+            ("loss", m.train_loss),
+            ("acc", m.train_acc),
+            ("images_per_s", m.images_per_s),
+            ("lr", m.lr),
+            ("epoch_time_s", m.epoch_time_s),
+        ];
+        self.metrics
+            .log(m.epoch, state.global_step, "train", &train)?;
+        let val = [
+            ("loss", m.val_loss),
+            ("acc", m.val_acc),
+            ("top5", m.val_top5),
+        ];
+        self.metrics.log(m.epoch, state.global_step, "val", &val)?;
+        checkpoint::save(&self.folders.checkpoints(), model, &sgd.state(), state)?;
+        Ok(())
+    }
+
+    /// The run is over: the kept epoch's weights (`best_epoch`, from 1) become the model
+    /// directory, and the curves are drawn.
+    pub fn finish(
+        &self,
+        mut model: Model,
+        arch: Arch,
+        best_epoch: usize,
+        state: &TrainerState,
+        info: &ModelInfo,
+    ) -> Result<(), EngineError> {
+        let checkpoints = self.folders.checkpoints();
+        if best_epoch != state.epochs_done {
+            let best = checkpoint::load(&checkpoint::epoch_dir(&checkpoints, best_epoch))?;
+            model = torchvision::load_state_dict(
+                model,
+                best.model,
+                arch,
+                &checkpoints,
+                LoadOptions::default(),
+            )?;
+        }
+        model_dir::save(&self.folders.model(), &model.valid(), info)?;
+        crate::train::curves::draw(&self.folders.outputs.join("curves.png"), &state.history)
+    }
+}
+
+/// `kiln.json` of a model trained on `classes` at `image_size`.
+pub(crate) fn model_info(arch: Arch, classes: &[String], image_size: u32) -> ModelInfo {
+    ModelInfo {
+        arch: arch.name().into(),
+        classes: classes.to_vec(),
+        image_size,
+        mean: IMAGENET_MEAN,
+        std: IMAGENET_STD,
+    }
+}

@@ -1,0 +1,40 @@
+//! kiln's job runner, as the estimator it replaces: a job file says what to run and where,
+//! `kiln submit` makes each submission a tracked run, and the run history keeps its status,
+//! output, metrics and models.
+//!
+//! - [`job`]: job files (TOML), validated with the file's line and a "did you mean".
+//! - [`home`]: `$KILN_HOME`, a run's directory and its layout ([`RunPaths`]), run ids.
+//! - [`status`]: [`RunStatus`], `Queued -> Preparing -> Running -> Finalizing -> Completed |
+//!   Failed | Canceled`.
+//! - [`snapshot`]: copying `source_directory` into the run (`.kilnignore`, size limit, git state).
+//! - [`command`]: the command line a job runs as (local, `mpirun`, an `sbatch` script).
+//! - [`submit`]: a run's life, with logs streamed and metrics ingested while it goes; cancel.
+//! - [`lock`]: the lock a live submitter holds, and stopping what a killed one left behind.
+//! - [`ingest`]: metrics read from `logs/metrics.jsonl` as programs append them.
+//! - [`history`]: [`RunHistory`], the SQLite run history (experiments, runs, metrics, artifacts).
+//! - [`registry`]: [`ModelRegistry`], versioned model files with SHA-256.
+//! - [`error`]: [`RunsError`].
+//!
+//! A run lives in `$KILN_HOME/runs/<id>/`: `snapshot/` (the working directory, with `outputs`
+//! and `logs` linked to the run's own), `outputs/`, `logs/` (`output.log`, `metrics.jsonl`).
+
+pub mod command;
+pub mod error;
+pub mod history;
+pub mod home;
+pub mod ingest;
+pub mod job;
+pub mod lock;
+pub mod registry;
+mod schema;
+pub mod snapshot;
+pub mod status;
+pub mod submit;
+
+pub use error::RunsError;
+pub use history::{Metric, RunHistory, RunRecord};
+pub use home::{RunPaths, kiln_home, new_run_id, now, run_dir};
+pub use job::JobSpec;
+pub use lock::{LOCK_FILE, SubmitterLock, stop_orphans};
+pub use registry::ModelRegistry;
+pub use status::RunStatus;

@@ -1,0 +1,101 @@
+//! Whether a run's `kiln submit` is alive: the lock it holds for the run's whole life, and
+//! stopping what a killed submitter left behind.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+/// The file a live `kiln submit` holds locked for its run's whole life.
+pub const LOCK_FILE: &str = ".submitter.lock";
+
+/// Sends SIGTERM to the processes left in process group `pgid` that carry run `id`'s
+/// `KILN_RUN_ID` (checked in `/proc`, so a recycled group id is never hit): what a killed
+/// submitter's program left behind. Returns how many were signalled.
+pub fn stop_orphans(pgid: i64, id: &str) -> usize {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let marker = format!("KILN_RUN_ID={id}");
+    let mut stopped = 0;
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // Fields after the command name (which may hold spaces): state, ppid, pgrp, ...
+        let group = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(2))
+            .and_then(|g| g.parse::<i64>().ok());
+        if group != Some(pgid) {
+            continue;
+        }
+        let ours = std::fs::read(entry.path().join("environ"))
+            .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == marker.as_bytes()));
+        // SAFETY: signals one process of this run, identified by its environment.
+        if ours && unsafe { libc::kill(pid, libc::SIGTERM) } == 0 {
+            stopped += 1;
+        }
+    }
+    stopped
+}
+
+/// An exclusive `flock` on a run's lock file, held while its `kiln submit` lives; the kernel
+/// drops it when the process dies, however it dies.
+pub struct SubmitterLock {
+    _file: File,
+}
+
+impl SubmitterLock {
+    /// Takes the lock, waiting while someone checks it.
+    pub fn acquire(path: &Path) -> std::io::Result<Self> {
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)?;
+        // SAFETY: flock on a file descriptor we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Self { _file: file })
+    }
+
+    /// The lock a parent `kiln submit --detach` handed over as file descriptor `fd`; it is
+    /// marked close-on-exec again so the run's program never holds it.
+    pub fn inherit(fd: i32) -> std::io::Result<Self> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: fcntl on a descriptor number; fails cleanly when it is not open.
+        if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: the descriptor is open (fcntl succeeded) and owned by this process alone.
+        let file = unsafe { File::from_raw_fd(fd) };
+        // Holding it already, this returns at once; it also proves the fd is the lock.
+        // SAFETY: flock on the descriptor just adopted.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Self { _file: file })
+    }
+
+    /// The descriptor, for handing the lock to a child process.
+    pub fn raw_fd(&self) -> i32 {
+        self._file.as_raw_fd()
+    }
+
+    /// Whether a live process holds the lock at `path`.
+    pub fn is_held(path: &Path) -> bool {
+        let Ok(file) = File::options().write(true).open(path) else {
+            return false;
+        };
+        // SAFETY: flock on a file descriptor we own; released when `file` closes.
+        unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) != 0 }
+    }
+}
