@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Result;
+
+use crate::check;
 use burn::optim::GradientsParams;
 use burn::tensor::{Distribution, Int, Tensor};
 use clap::{Args, Subcommand};
@@ -172,6 +174,15 @@ fn train(
     device: DeviceKind,
     json: bool,
 ) -> Result<ExitCode> {
+    check::count("--batch-size", batch_size, 1, 65_536)?;
+    let sizes = kiln_engine::config::IMAGE_SIZES;
+    check::count(
+        "--image-size",
+        image_size,
+        *sizes.start() as usize,
+        *sizes.end() as usize,
+    )?;
+    check::count("--steps", steps, 1, 1_000_000)?;
     let device = device.open()?.autodiff();
     let classes = 10;
     device.seed(1);
@@ -240,6 +251,8 @@ fn predict(
     device: DeviceKind,
     json: bool,
 ) -> Result<ExitCode> {
+    check::count("--batch-size", batch_size, 1, 65_536)?;
+    check::count("--iters", iters, 1, 1_000_000)?;
     let device = device.open()?;
     let (net, info) = kiln_engine::model_dir::load(model, &device)?;
     let s = info.image_size as usize;
@@ -285,6 +298,15 @@ fn data(
     workers: usize,
     json: bool,
 ) -> Result<ExitCode> {
+    let sizes = kiln_engine::config::IMAGE_SIZES;
+    check::count(
+        "--image-size",
+        image_size as usize,
+        *sizes.start() as usize,
+        *sizes.end() as usize,
+    )?;
+    check::count("--batch-size", batch_size, 1, 65_536)?;
+    check::count("--workers", workers, 1, 1024)?;
     let folder = ImageFolder::scan(dir)?;
     let loader = Loader::new(
         folder.samples.clone(),
@@ -339,10 +361,16 @@ fn data(
 /// `kiln bench allreduce`: as the launcher, starts `nproc` copies of this command; as a worker
 /// (`RANK` set), times allreduces and, on rank 0, prints the result.
 fn allreduce(nproc: usize, size_mb: f64, iters: usize, fp16: bool, json: bool) -> Result<ExitCode> {
+    check::count("--nproc", nproc, 1, launcher::MAX_WORKERS_PER_NODE)?;
+    check::mib("--size-mb", size_mb, 16_384.0)?;
+    check::count("--iters", iters, 1, 1_000_000)?;
     if std::env::var_os("RANK").is_none() {
         let program = std::env::current_exe()?;
         let args = std::env::args_os().skip(1).collect();
-        let outcome = launcher::launch(&LaunchConfig::local(program, args, nproc.max(1)))?;
+        let mut launch = LaunchConfig::local(program, args, nproc);
+        // Only rank 0 prints the result: unprefixed, so `--json` is one JSON document.
+        launch.prefix_output = false;
+        let outcome = launcher::launch(&launch)?;
         for (rank, what) in &outcome.failures {
             eprintln!("error: worker rank {rank} {what}");
         }

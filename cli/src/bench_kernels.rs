@@ -134,6 +134,8 @@ struct Row {
 
 /// Runs `kiln bench kernels`.
 pub fn run(device: DeviceKind, size_mb: f64, iters: usize, json: bool) -> Result<ExitCode> {
+    crate::check::mib("--size-mb", size_mb, 16_384.0)?;
+    crate::check::count("--iters", iters, 1, 1_000_000)?;
     let name = device.name();
     let device = device.open()?;
     let n = ((size_mb * 1048576.0 / 4.0) as usize).max(1);
@@ -184,17 +186,19 @@ pub fn run(device: DeviceKind, size_mb: f64, iters: usize, json: bool) -> Result
         plain: time_preprocess(&device, n, iters, preprocess::reference::preprocess)?,
     });
     if json {
-        for r in &rows {
-            println!(
-                "{}",
+        // One JSON document: an array with a row per kernel.
+        let rows: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|r| {
                 serde_json::json!({
                     "kernel": r.kernel, "device": name, "cube": is_cube_device(&device),
                     "elements": r.elements, "bytes": r.bytes, "fused_ms": r.fused * 1e3,
                     "reference_ms": r.plain * 1e3, "fused_gb_s": r.bytes / r.fused / 1e9,
                     "reference_gb_s": r.bytes / r.plain / 1e9, "speedup": r.plain / r.fused,
                 })
-            );
-        }
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(rows));
         return Ok(ExitCode::SUCCESS);
     }
     let kind = if is_cube_device(&device) {

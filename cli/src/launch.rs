@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use clap::Args;
 use kiln_engine::dist::launcher::{self, LaunchConfig};
 
@@ -22,9 +22,12 @@ pub struct LaunchArgs {
 
 /// Runs `kiln launch`.
 pub fn run(args: LaunchArgs) -> Result<ExitCode> {
-    if args.nproc_per_node == 0 {
-        bail!("--nproc-per-node 0: expected at least 1");
-    }
+    crate::check::count(
+        "--nproc-per-node",
+        args.nproc_per_node,
+        1,
+        launcher::MAX_WORKERS_PER_NODE,
+    )?;
     let (program, rest) = args.command.split_first().expect("clap requires a command");
     let config = LaunchConfig::local(
         PathBuf::from(program),

@@ -12,8 +12,8 @@ use kiln_runs::ingest;
 pub struct LogMetricArgs {
     /// The metric's name.
     name: String,
-    /// Its value.
-    #[arg(allow_negative_numbers = true)]
+    /// Its value: a number, `inf` or `-inf` (negative values are values, not flags).
+    #[arg(allow_hyphen_values = true)]
     value: f64,
     /// The step it belongs to.
     #[arg(long)]
@@ -22,6 +22,9 @@ pub struct LogMetricArgs {
 
 /// Runs `kiln log-metric`.
 pub fn run(args: LogMetricArgs) -> Result<ExitCode> {
+    if args.value.is_nan() {
+        anyhow::bail!("value NaN is not a metric value; expected a number, inf or -inf");
+    }
     ingest::log_metric(&args.name, args.value, args.step)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_kernels;
+mod check;
 mod data;
 mod export;
 mod launch;
@@ -52,7 +53,31 @@ enum Command {
     Bench(bench::BenchArgs),
 }
 
+/// A panic is a kiln bug, never the user's input: it is reported in one line naming it as such
+/// (no backtrace unless `RUST_BACKTRACE` asks for one), and the process exits with 101.
+fn report_panics_as_bugs() {
+    if std::env::var_os("RUST_BACKTRACE").is_some() {
+        return;
+    }
+    std::panic::set_hook(Box::new(|info| {
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        let place = info
+            .location()
+            .map_or(String::new(), |l| format!(" at {}:{}", l.file(), l.line()));
+        eprintln!(
+            "error: kiln bug: {message}{place} (please report it; RUST_BACKTRACE=1 shows where \
+             it came from)"
+        );
+    }));
+}
+
 fn main() -> ExitCode {
+    report_panics_as_bugs();
     kiln_engine::train::allocator::keep_freed_memory();
     let command = Cli::command().mut_subcommand("train", train::with_defaults);
     let cli = Cli::from_arg_matches(&command.get_matches()).unwrap_or_else(|e| e.exit());

@@ -72,7 +72,10 @@ pub fn run(args: PredictArgs) -> Result<ExitCode> {
                 bail!("no images given: kiln predict --model DIR IMAGE_OR_DIR...");
             }
             let format: Format = args.format.parse()?;
-            predict_images(model, &args.inputs, args.top_k.max(1), format)
+            if args.top_k == 0 {
+                bail!("--top-k 0 is out of range; expected at least 1");
+            }
+            predict_images(model, &args.inputs, args.top_k, format)
         }
     }
 }
@@ -137,7 +140,16 @@ fn predict_images(
     let k = top_k.min(info.classes.len());
     let mut failed = 0;
     let mut rows = Vec::new();
-    for path in image_paths(inputs) {
+    let paths = image_paths(inputs);
+    if paths.is_empty() {
+        let given: Vec<String> = inputs.iter().map(|p| p.display().to_string()).collect();
+        bail!(
+            "no images in {}: expected image files ({}) or directories holding them",
+            given.join(", "),
+            kiln_engine::data::folder::IMAGE_EXTENSIONS.join(", ")
+        );
+    }
+    for path in paths {
         let image = match decode_rgb(&path) {
             Ok(image) => image,
             Err(e) => {

@@ -248,9 +248,7 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
         .nproc_per_node
         .filter(|_| std::env::var_os("RANK").is_none())
     {
-        if nproc == 0 {
-            bail!("--nproc-per-node 0: expected at least 1");
-        }
+        crate::check::count("--nproc-per-node", nproc, 1, launcher::MAX_WORKERS_PER_NODE)?;
         let program = std::env::current_exe().context("cannot find the kiln executable")?;
         let mut launch = LaunchConfig::local(program, worker_args(), nproc);
         launch.nnodes = args.nnodes.max(1);

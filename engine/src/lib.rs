@@ -12,7 +12,7 @@
 //!   buckets, the local launcher.
 //! - [`model_dir`]: trained model directories (`model.safetensors` + `kiln.json`), ONNX export.
 //! - [`env`]: the environment variables kiln reads and sets, and the run a process belongs to.
-//! - [`error`]: [`EngineError`].
+//! - [`error`]: the engine's error type, [`EngineError`].
 //!
 //! The job runner (job files, run history, registry) is the `kiln-runs` crate, above this one.
 

@@ -62,10 +62,38 @@ pub fn read_info(dir: &Path) -> Result<(ModelInfo, Arch), EngineError> {
         .arch
         .parse()
         .map_err(|e| invalid(format!("{}: {e}", path.display())))?;
-    if info.classes.is_empty() {
-        return Err(invalid(format!("{} lists no classes", path.display())));
-    }
+    info.check()
+        .map_err(|why| invalid(format!("{}: {why}", path.display())))?;
     Ok((info, arch))
+}
+
+impl ModelInfo {
+    /// What a model directory's description must hold for predictions to mean anything: some
+    /// classes, an image size kiln trains at, and a finite mean and a positive, finite std.
+    pub fn check(&self) -> Result<(), String> {
+        if self.classes.is_empty() {
+            return Err(
+                "classes: lists no classes; expected the class names in label order".into(),
+            );
+        }
+        if !crate::config::IMAGE_SIZES.contains(&self.image_size) {
+            return Err(format!(
+                "image_size: {} is out of range; expected {} to {}",
+                self.image_size,
+                crate::config::IMAGE_SIZES.start(),
+                crate::config::IMAGE_SIZES.end()
+            ));
+        }
+        if let Some(m) = self.mean.iter().find(|m| !m.is_finite()) {
+            return Err(format!("mean: {m} is not a finite number"));
+        }
+        if let Some(s) = self.std.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
+            return Err(format!(
+                "std: {s} is out of range; expected a positive number"
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Loads a model directory onto `device`, in eval mode.

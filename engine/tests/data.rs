@@ -422,3 +422,78 @@ fn imports_fashion_mnist_idx_to_an_image_folder() {
         "{msg}"
     );
 }
+
+#[test]
+fn class_folders_are_read_as_they_are_on_disk() {
+    use std::os::unix::ffi::OsStrExt;
+    // A class folder whose name is not UTF-8: refused by path, not silently dropped.
+    let root = temp_dir("non-utf8");
+    write_image(&root.join("ok/0.png"), 1);
+    let bad = root.join(std::ffi::OsStr::from_bytes(b"caf\xe9"));
+    write_image(&bad.join("0.png"), 2);
+    let e = ImageFolder::scan(&root)
+        .expect_err("non-UTF-8 class")
+        .to_string();
+    assert!(e.contains("not UTF-8") && e.contains("caf"), "{e}");
+
+    // A link back up (a loop) is refused by path; a second link to a folder already read
+    // counts its images once.
+    let root = temp_dir("links");
+    for i in 0..8u8 {
+        write_image(&root.join(format!("Bag/{i}.png")), i);
+    }
+    std::os::unix::fs::symlink(".", root.join("Bag/loop")).expect("link");
+    let e = ImageFolder::scan(&root).expect_err("loop").to_string();
+    assert!(
+        e.contains("symbolic link loop") && e.contains("loop"),
+        "{e}"
+    );
+    std::fs::remove_file(root.join("Bag/loop")).expect("unlink");
+    write_image(&root.join("Shirt/own/0.png"), 9);
+    std::os::unix::fs::symlink(root.join("Shirt/own"), root.join("Shirt/again")).expect("link");
+    let f = ImageFolder::scan(&root).expect("scan");
+    assert_eq!(f.len(), 8 + 1, "each image once");
+}
+
+#[test]
+fn a_failed_import_leaves_nothing_behind() {
+    let src = temp_dir("bad-idx-src");
+    let dest_parent = temp_dir("bad-idx-dest");
+    let dest = dest_parent.join("fashion");
+    let images: Vec<u8> = (0..30 * 4).map(|i| i as u8).collect();
+    // Label 12 at index 19: not a Fashion-MNIST class.
+    let labels: Vec<u8> = (0..30)
+        .map(|i| if i == 19 { 12 } else { (i % 10) as u8 })
+        .collect();
+    for split in ["train", "t10k"] {
+        write_idx(
+            &src.join(format!("{split}-images-idx3-ubyte.gz")),
+            &[30, 2, 2],
+            &images,
+        );
+        write_idx(
+            &src.join(format!("{split}-labels-idx1-ubyte.gz")),
+            &[30],
+            &labels,
+        );
+    }
+    let limit = || ImportLimit {
+        train_per_class: None,
+        val_per_class: None,
+    };
+    let e = import_fashion_mnist(&src, &dest, limit()).expect_err("bad label");
+    assert!(e.to_string().contains("label 12 at index 19"), "{e}");
+    let left: Vec<_> = std::fs::read_dir(&dest_parent)
+        .expect("dir")
+        .flatten()
+        .collect();
+    assert!(
+        left.is_empty(),
+        "left behind: {:?}",
+        left.iter().map(|e| e.path()).collect::<Vec<_>>()
+    );
+    // Into a directory that already holds files: refused before writing anything.
+    std::fs::create_dir_all(dest.join("mine")).expect("dir");
+    let e = import_fashion_mnist(&src, &dest, limit()).expect_err("not empty");
+    assert!(e.to_string().contains("not an empty directory"), "{e}");
+}

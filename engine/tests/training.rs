@@ -281,3 +281,49 @@ fn memory_efficient_densenet_trains_like_the_plain_one() {
         b.val_loss
     );
 }
+
+#[test]
+fn a_run_that_fails_leaves_no_metrics_and_resume_refuses_other_classes() {
+    let _training = one_at_a_time();
+    // An image that does not decode: the run fails at its first batch and writes no metrics.
+    let data = temp_dir("fail-data");
+    dataset(&data, 4);
+    std::fs::write(data.join("train/red/zz-broken.png"), b"not a png").expect("write");
+    let out = temp_dir("fail-out");
+    let err = Trainer::new(config(&data, &out))
+        .with_progress(Progress::silent())
+        .fit()
+        .expect_err("decode failure");
+    assert!(err.to_string().contains("zz-broken.png"), "{err}");
+    assert!(
+        !out.join("logs/metrics.jsonl").exists(),
+        "an empty metrics file left behind"
+    );
+
+    // One epoch, then resume on data whose classes were renamed: refused, naming them.
+    std::fs::remove_file(data.join("train/red/zz-broken.png")).expect("rm");
+    let first = fit(TrainConfig {
+        epochs: 1,
+        ..config(&data, &out)
+    });
+    assert_eq!(first.history.len(), 1);
+    for split in ["train", "val"] {
+        std::fs::rename(
+            data.join(split).join("red"),
+            data.join(split).join("crimson"),
+        )
+        .expect("rename");
+    }
+    let err = Trainer::new(TrainConfig {
+        resume: Some(out.join("outputs")),
+        ..config(&data, &out)
+    })
+    .with_progress(Progress::silent())
+    .fit()
+    .expect_err("other classes");
+    let e = err.to_string();
+    assert!(
+        e.starts_with("InvalidDatasetError") && e.contains("[red]") && e.contains("[crimson]"),
+        "{e}"
+    );
+}

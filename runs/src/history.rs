@@ -8,6 +8,8 @@ use std::time::Duration;
 use rusqlite::{Connection, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 
+use kiln_engine::train::metrics::json_value;
+
 use crate::error::RunsError;
 use crate::schema::MIGRATIONS;
 use crate::{RunStatus, now};
@@ -80,8 +82,12 @@ pub struct Metric {
     pub split: Option<String>,
     /// The metric's name.
     pub name: String,
-    /// Its value (`null` is NaN).
-    #[serde(default)]
+    /// Its value (`null` is NaN; the infinities are `"inf"` and `"-inf"`).
+    #[serde(
+        default,
+        serialize_with = "json_value::serialize_option",
+        deserialize_with = "json_value::deserialize_option"
+    )]
     pub value: Option<f64>,
     /// Seconds since the Unix epoch.
     #[serde(default)]
@@ -111,6 +117,31 @@ pub struct NewRun<'a> {
     pub job: &'a str,
 }
 
+/// A history made anew (no file, or an empty one) where run or model directories already
+/// exist would read as "no runs yet" while they are on disk, and hand out version numbers
+/// the registry already has: refused, naming what is there.
+fn refuse_a_fresh_history_over(home: &Path, db: &Path) -> Result<(), RunsError> {
+    let count = |dir: &Path| {
+        std::fs::read_dir(dir).map_or(0, |entries| {
+            entries
+                .flatten()
+                .filter(|e| e.path().is_dir() && !e.file_name().to_string_lossy().starts_with('.'))
+                .count()
+        })
+    };
+    let (runs, models) = (count(&home.join("runs")), count(&home.join("models")));
+    if runs + models == 0 {
+        return Ok(());
+    }
+    Err(RunsError::Runs(format!(
+        "the run history {} is missing or empty, but {} holds {runs} run(s) and {models} \
+         model(s): the history was lost; kiln will not start a new one over them (runs would \
+         be forgotten and registered versions written over)",
+        db.display(),
+        home.display()
+    )))
+}
+
 /// The run history database.
 pub struct RunHistory {
     pub(super) conn: Connection,
@@ -124,18 +155,31 @@ pub(super) fn db_error(e: rusqlite::Error) -> RunsError {
 impl RunHistory {
     /// Opens (creating and migrating) the database under `home`.
     pub fn open(home: &Path) -> Result<Self, RunsError> {
+        if home.exists() && !home.is_dir() {
+            return Err(RunsError::Runs(format!(
+                "KILN_HOME {} is a file; expected a directory for the run history (set \
+                 KILN_HOME to another path)",
+                home.display()
+            )));
+        }
         std::fs::create_dir_all(home).map_err(|e| RunsError::io(home, e))?;
         let path = home.join("kiln.db");
-        let mut conn = Connection::open(&path).map_err(|e| {
+        let damaged = |e: &dyn std::fmt::Display| {
             RunsError::Runs(format!(
-                "cannot open the run history {}: {e}",
+                "the run history {} cannot be read ({e}); the runs and models on disk are \
+                 untouched: move the file aside and rebuild the history from them",
                 path.display()
             ))
-        })?;
+        };
+        let fresh = !path.exists() || std::fs::metadata(&path).is_ok_and(|m| m.len() == 0);
+        if fresh {
+            refuse_a_fresh_history_over(home, &path)?;
+        }
+        let mut conn = Connection::open(&path).map_err(|e| damaged(&e))?;
         conn.busy_timeout(Duration::from_secs(60))
             .map_err(db_error)?;
         conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(db_error)?;
+            .map_err(|e| damaged(&e))?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(db_error)?;
         conn.pragma_update(None, "foreign_keys", "ON")

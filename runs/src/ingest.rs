@@ -91,7 +91,7 @@ pub fn log_metric(name: &str, value: f64, step: Option<i64>) -> Result<PathBuf, 
         step,
         split: None,
         name: name.to_string(),
-        value: value.is_finite().then_some(value),
+        value: (!value.is_nan()).then_some(value),
         time: Some(super::now()),
     };
     let mut line = serde_json::to_string(&metric).expect("a metric serialises");

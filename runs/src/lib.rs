@@ -13,7 +13,7 @@
 //! - [`ingest`]: metrics read from `logs/metrics.jsonl` as programs append them.
 //! - [`history`]: [`RunHistory`], the SQLite run history (experiments, runs, metrics, artifacts).
 //! - [`registry`]: [`ModelRegistry`], versioned model files with SHA-256.
-//! - [`error`]: [`RunsError`].
+//! - [`error`]: the job runner's error type, [`RunsError`].
 //!
 //! A run lives in `$KILN_HOME/runs/<id>/`: `snapshot/` (the working directory, with `outputs`
 //! and `logs` linked to the run's own), `outputs/`, `logs/` (`output.log`, `metrics.jsonl`).

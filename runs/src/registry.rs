@@ -62,10 +62,14 @@ impl<'a> ModelRegistry<'a> {
         }
         let placed = |version: i64| {
             let dest = models.join(version.to_string());
-            // The history has no such version: a directory there is what a registration that
-            // died before its commit left behind.
+            // The history has no such version, yet a directory is there: never written over
+            // (it may hold a registered model the history lost).
             if dest.exists() {
-                std::fs::remove_dir_all(&dest).map_err(|e| RunsError::io(&dest, e))?;
+                return Err(RunsError::Runs(format!(
+                    "{} already exists but the run history has no {name}:{version}; it is left \
+                     as it is (move it aside to register again)",
+                    dest.display()
+                )));
             }
             std::fs::rename(&staging, &dest).map_err(|e| RunsError::io(&dest, e))
         };

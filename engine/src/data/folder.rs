@@ -40,9 +40,15 @@ impl ImageFolder {
             let entry = entry.map_err(|e| EngineError::io(root, e))?;
             let path = entry.path();
             if path.is_dir() {
-                if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
-                    classes.push(name.to_string());
-                }
+                let name = entry.file_name();
+                let Some(name) = name.to_str() else {
+                    return Err(EngineError::NotLabeledDataset(format!(
+                        "class folder {} has a name that is not UTF-8; class names go into \
+                         kiln.json and the metrics, so rename it",
+                        path.display()
+                    )));
+                };
+                classes.push(name.to_string());
             } else if is_image(&path) {
                 loose.push(path);
             }
@@ -71,7 +77,8 @@ impl ImageFolder {
         for (label, class) in classes.iter().enumerate() {
             let dir = root.join(class);
             let mut files = Vec::new();
-            collect_images(&dir, &mut files)?;
+            let mut seen = Vec::new();
+            collect_images(&dir, &mut files, &mut seen)?;
             files.sort();
             match files.len() {
                 0 => warnings.push(format!("class '{class}' ({}) has no images", dir.display())),
@@ -102,12 +109,42 @@ impl ImageFolder {
     }
 }
 
-/// Images under `dir`, recursively (torchvision walks class folders too).
-fn collect_images(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), EngineError> {
+/// Images under `dir`, recursively (torchvision walks class folders too), following symbolic
+/// links to folders once: a folder reached again through a link is read once, and a link back
+/// to a folder above it (a loop) is refused by path. `seen` holds the (device, inode) of each
+/// folder read so far.
+fn collect_images(
+    dir: &Path,
+    out: &mut Vec<PathBuf>,
+    seen: &mut Vec<(u64, u64)>,
+) -> Result<(), EngineError> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(dir).map_err(|e| EngineError::io(dir, e))?;
+    let id = (meta.dev(), meta.ino());
+    if seen.contains(&id) {
+        let canonical = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+        if dir
+            .ancestors()
+            .skip(1)
+            .any(|a| a.canonicalize().is_ok_and(|a| a == canonical))
+        {
+            return Err(EngineError::NotLabeledDataset(format!(
+                "{} is a symbolic link loop (it leads back to {}); remove the link",
+                dir.display(),
+                canonical.display()
+            )));
+        }
+        return Ok(());
+    }
+    seen.push(id);
+    let mut entries: Vec<PathBuf> = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(|e| EngineError::io(dir, e))? {
-        let path = entry.map_err(|e| EngineError::io(dir, e))?.path();
+        entries.push(entry.map_err(|e| EngineError::io(dir, e))?.path());
+    }
+    entries.sort();
+    for path in entries {
         if path.is_dir() {
-            collect_images(&path, out)?;
+            collect_images(&path, out, seen)?;
         } else if is_image(&path) {
             out.push(path);
         }

@@ -85,9 +85,40 @@ pub struct ImportLimit {
 }
 
 /// Imports Fashion-MNIST from `src` (the four `*-ubyte[.gz]` files) into an image folder at
-/// `dest` with `train/` and `val/` (the official test split). Returns the images written per
-/// split.
+/// `dest` (new, or an empty directory) with `train/` and `val/` (the official test split).
+/// The images are written into a staging directory beside `dest` that is renamed into place
+/// at the end, so a bad file leaves nothing behind. Returns the images written per split.
 pub fn import_fashion_mnist(
+    src: &Path,
+    dest: &Path,
+    limit: ImportLimit,
+) -> Result<(usize, usize), EngineError> {
+    if dest.exists() {
+        let empty = std::fs::read_dir(dest).is_ok_and(|mut d| d.next().is_none());
+        if !empty {
+            return Err(EngineError::BadInput {
+                what: dest.display().to_string(),
+                reason: "exists and is not an empty directory".into(),
+                expected: "a new or empty directory to import into",
+            });
+        }
+    }
+    let name = dest
+        .file_name()
+        .map_or("import".into(), |n| n.to_string_lossy().into_owned());
+    let staging = dest.with_file_name(format!(".{name}.importing-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&staging);
+    let written = write_splits(src, &staging, limit).and_then(|counts| {
+        std::fs::rename(&staging, dest).map_err(|e| EngineError::io(dest, e))?;
+        Ok(counts)
+    });
+    if written.is_err() {
+        let _ = std::fs::remove_dir_all(&staging);
+    }
+    written
+}
+
+fn write_splits(
     src: &Path,
     dest: &Path,
     limit: ImportLimit,

@@ -34,7 +34,13 @@ pub struct LaunchConfig {
     pub master_port: Option<u16>,
     /// How long a silent worker is waited for.
     pub timeout: Duration,
+    /// Prefix each line of a worker's output with `[rank N] ` (off: passed through as is).
+    pub prefix_output: bool,
 }
+
+/// The most workers one node starts: enough for any machine, few enough that a typo
+/// (`--nproc-per-node 100000`) is refused at once instead of forking until the system says no.
+pub const MAX_WORKERS_PER_NODE: usize = 1024;
 
 impl LaunchConfig {
     /// One node of `nproc` workers running `program args`.
@@ -48,6 +54,7 @@ impl LaunchConfig {
             master_addr: None,
             master_port: None,
             timeout: DEFAULT_TIMEOUT,
+            prefix_output: true,
         }
     }
 }
@@ -151,7 +158,14 @@ pub fn launch(config: &LaunchConfig) -> Result<LaunchOutcome, EngineError> {
 
 /// The variables every worker of this node gets (each adds its own `RANK` and `LOCAL_RANK`).
 fn worker_env(config: &LaunchConfig) -> Result<Vec<(String, String)>, EngineError> {
-    let n = config.nproc_per_node.max(1);
+    let n = config.nproc_per_node;
+    if !(1..=MAX_WORKERS_PER_NODE).contains(&n) {
+        return Err(EngineError::BadOption {
+            option: "nproc_per_node",
+            value: n.to_string(),
+            expected: format!("1 to {MAX_WORKERS_PER_NODE} workers on a node"),
+        });
+    }
     if config.node_rank >= config.nnodes.max(1) {
         return Err(EngineError::BadOption {
             option: "node_rank",
@@ -227,7 +241,11 @@ fn spawn_all(
         match spawn_worker(config, local, env) {
             Ok(mut child) => {
                 let rank = config.node_rank * n + local;
-                let prefix = format!("[rank {rank}] ");
+                let prefix = if config.prefix_output {
+                    format!("[rank {rank}] ")
+                } else {
+                    String::new()
+                };
                 if let Some(out) = child.stdout.take() {
                     forward(out, prefix.clone(), false);
                 }

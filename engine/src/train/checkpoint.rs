@@ -108,6 +108,10 @@ pub struct TrainerState {
     pub history: Vec<EpochMetrics>,
     /// Set when early stopping ended the run.
     pub stopped_early: bool,
+    /// The classes trained on, in label order (empty in checkpoints written before kiln kept
+    /// them): a resumed run must see the same ones.
+    #[serde(default)]
+    pub classes: Vec<String>,
 }
 
 const MODEL: &str = "model.safetensors";

@@ -14,7 +14,7 @@ use crate::env::RunContext;
 use crate::error::EngineError;
 use crate::model_dir::{self, ModelInfo};
 use crate::train::checkpoint::{self, EpochMetrics, TrainerState};
-use crate::train::metrics::MetricsLog;
+use crate::train::metrics::{MetricsLog, Start};
 use crate::train::sgd::Sgd;
 
 /// Where a run's files go.
@@ -39,6 +39,34 @@ impl RunFolders {
             .clone()
             .unwrap_or_else(|| sibling(&outputs, "logs"));
         Self { outputs, logs }
+    }
+
+    /// Checks, before the first step, that the outputs and logs can be directories: neither
+    /// they nor a folder above them is a file. Nothing is created here.
+    pub fn check(&self) -> Result<(), EngineError> {
+        for (what, dir) in [
+            ("output directory", &self.outputs),
+            ("logs directory", &self.logs),
+        ] {
+            let mut at: Option<&Path> = Some(dir);
+            while let Some(p) = at {
+                if p.exists() {
+                    if !p.is_dir() {
+                        return Err(EngineError::BadOption {
+                            option: "output_dir",
+                            value: dir.display().to_string(),
+                            expected: format!(
+                                "a directory for the {what}, but {} is a file",
+                                p.display()
+                            ),
+                        });
+                    }
+                    break;
+                }
+                at = p.parent().filter(|p| !p.as_os_str().is_empty());
+            }
+        }
+        Ok(())
     }
 
     /// `outputs/checkpoints`.
@@ -67,10 +95,10 @@ pub(crate) struct RunWriter {
 }
 
 impl RunWriter {
-    /// Opens `metrics.jsonl` for run `run_id`.
-    pub fn open(folders: RunFolders, run_id: &str) -> Result<Self, EngineError> {
-        let metrics = MetricsLog::open(&folders.logs.join("metrics.jsonl"), run_id, 0)?;
-        Ok(Self { folders, metrics })
+    /// The writer of run `run_id`'s files; `metrics.jsonl` starts as `start` says.
+    pub fn open(folders: RunFolders, run_id: &str, start: Start) -> Self {
+        let metrics = MetricsLog::open(&folders.logs.join("metrics.jsonl"), run_id, 0, start);
+        Self { folders, metrics }
     }
 
     /// Records a finished epoch: its metrics, then its checkpoint.

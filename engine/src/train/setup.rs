@@ -81,6 +81,9 @@ impl Setup {
         let classes = train_set.classes.clone();
         let image_size = c.image_size.unwrap_or_else(|| auto_image_size(&train_set));
         let mut device = c.device.open()?.autodiff();
+        if kiln_kernels::is_flex_device(&device) {
+            check_step_memory(c.arch, c.batch_size, image_size)?;
+        }
         if c.memory_efficient && c.arch.is_densenet() {
             device = device.gradient_checkpointing();
         }
@@ -148,6 +151,55 @@ impl Setup {
         };
         Ok((setup, model))
     }
+}
+
+/// Refuses a step that cannot fit in this machine's free memory, before it is tried (an
+/// allocation that fails aborts the process). The estimate is activations and their gradients
+/// per image pixel, measured on kiln's CPU kernels at 64 and 224 px (benches/README.md), plus
+/// weights, gradients and momentum: coarse, so only steps well over the memory are refused.
+fn check_step_memory(arch: Arch, batch: usize, image_size: u32) -> Result<(), EngineError> {
+    let bytes_per_pixel = match arch {
+        Arch::Resnet18 => 620.0,
+        Arch::Resnet34 => 900.0,
+        Arch::Resnet50 => 2100.0,
+        Arch::Resnet101 => 3000.0,
+        Arch::Resnet152 => 4200.0,
+        Arch::Resnext50_32x4d => 2700.0,
+        Arch::Resnext101_32x8d => 6000.0,
+        Arch::WideResnet50_2 => 3200.0,
+        Arch::WideResnet101_2 => 4800.0,
+        Arch::Densenet121 => 2600.0,
+        Arch::Densenet161 => 4500.0,
+        Arch::Densenet169 => 3100.0,
+        Arch::Densenet201 => 4000.0,
+    };
+    let pixels = batch as f64 * (image_size as f64).powi(2);
+    let need = pixels * bytes_per_pixel;
+    let Some(available) = available_memory() else {
+        return Ok(());
+    };
+    if need > 1.5 * available {
+        let gib = |b: f64| b / (1u64 << 30) as f64;
+        return Err(EngineError::BadOption {
+            option: "image_size",
+            value: format!("{image_size} at batch size {batch}"),
+            expected: format!(
+                "a step that fits in memory: a {arch} step at this size needs about {:.0} GiB, \
+                 and {:.1} GiB are available; lower --image-size or --batch-size",
+                gib(need),
+                gib(available)
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// `MemAvailable` from `/proc/meminfo`, in bytes (Linux).
+fn available_memory() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024.0)
 }
 
 /// The training and validation folders the config names (`data`, or `train` and `val`), or

@@ -15,10 +15,42 @@ use crate::error::EngineError;
 use crate::train::checkpoint::{self, EpochMetrics, TrainerState};
 use crate::train::early_stopping::{EarlyStopping, Verdict};
 use crate::train::epoch::{self, TrainSums, ValSums};
+use crate::train::metrics::Start;
 use crate::train::outputs::{RunFolders, RunWriter, model_info};
 use crate::train::progress::Progress;
 use crate::train::setup::Setup;
 use crate::train::strategies::{DataParallel, Plan, SingleDevice, Strategy};
+
+/// Refuses to resume on data whose classes differ from the checkpoint's: the weights' outputs
+/// would no longer mean the labels `kiln.json` gives them.
+fn check_same_classes(
+    dir: &std::path::Path,
+    saved: &[String],
+    now: &[String],
+) -> Result<(), EngineError> {
+    if saved.is_empty() || saved == now {
+        return Ok(());
+    }
+    let only = |a: &[String], b: &[String]| {
+        a.iter()
+            .filter(|c| !b.contains(c))
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    Err(EngineError::InvalidDataset(format!(
+        "the checkpoint {} was trained on other classes: only in the checkpoint: [{}]; only in \
+         the data now: [{}]{}",
+        dir.display(),
+        only(saved, now),
+        only(now, saved),
+        if only(saved, now).is_empty() && only(now, saved).is_empty() {
+            " (the same names in another order)"
+        } else {
+            ""
+        }
+    )))
+}
 
 /// Why training ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,14 +160,18 @@ impl Trainer {
         self.config.validate()?;
         let c = self.config.clone();
         let (rank, world) = (self.strategy.rank(), self.strategy.world_size());
-        let (mut setup, mut model) = Setup::new(&c, rank, world, &self.progress)?;
         let folders = RunFolders::new(&c, &self.run);
+        if rank == 0 {
+            folders.check()?;
+        }
+        let (mut setup, mut model) = Setup::new(&c, rank, world, &self.progress)?;
         let mut state = TrainerState {
             epochs_done: 0,
             global_step: 0,
             early_stopping: EarlyStopping::new(c.monitor, c.patience, c.min_delta),
             history: Vec::new(),
             stopped_early: false,
+            classes: setup.classes.clone(),
         };
         // In a distributed run rank 0 alone reads the checkpoint and broadcasts it below.
         if let Some(resume) = c.resume.as_ref().filter(|_| rank == 0) {
@@ -152,10 +188,15 @@ impl Trainer {
         (model, state) =
             self.strategy
                 .start(model, setup.arch, &mut setup.sgd, state, &inner, &plan)?;
-        let mut writer = match rank {
-            0 => Some(RunWriter::open(folders.clone(), &self.run.run_id)?),
-            _ => None,
+        // A submitted run's logs belong to the run (its script may log too); a local run
+        // starts its own metrics, or keeps those up to the checkpoint it resumes.
+        let start = match (&self.run.logs, &c.resume) {
+            (Some(_), _) => Start::Append,
+            (None, Some(_)) => Start::KeepUntil(state.epochs_done),
+            (None, None) => Start::Fresh,
         };
+        let mut writer =
+            (rank == 0).then(|| RunWriter::open(folders.clone(), &self.run.run_id, start));
         self.progress.info(&format!(
             "training {} on {} images ({} classes), validating on {}, {} px, batch {}, {} \
              steps/epoch",
@@ -206,7 +247,10 @@ impl Trainer {
             value: resume.display().to_string(),
             expected: "an output directory with checkpoints/epoch-N, or a checkpoint".into(),
         })?;
-        let ckpt = checkpoint::load(&dir)?;
+        let mut ckpt = checkpoint::load(&dir)?;
+        check_same_classes(&dir, &ckpt.state.classes, &setup.classes)?;
+        ckpt.state.classes = setup.classes.clone();
+        self.apply_early_stopping_options(&mut ckpt.state);
         let model = torchvision::load_state_dict(
             model,
             ckpt.model,
@@ -223,6 +267,36 @@ impl Trainer {
             ckpt.state.epochs_done
         ));
         Ok((model, ckpt.state))
+    }
+
+    /// Early stopping's options as given now, over the checkpoint's: patience and min_delta are
+    /// applied, the monitored metric is kept (its best value was judged by it); each change is
+    /// said in one line, never silently dropped.
+    fn apply_early_stopping_options(&self, state: &mut TrainerState) {
+        let c = &self.config;
+        let es = &mut state.early_stopping;
+        if es.patience != c.patience {
+            self.progress.info(&format!(
+                "resume: patience {} applied (the checkpoint had {})",
+                c.patience, es.patience
+            ));
+            es.patience = c.patience;
+        }
+        if es.min_delta != c.min_delta {
+            self.progress.info(&format!(
+                "resume: min_delta {} applied (the checkpoint had {})",
+                c.min_delta, es.min_delta
+            ));
+            es.min_delta = c.min_delta;
+        }
+        if es.monitor != c.monitor {
+            self.progress.info(&format!(
+                "resume: monitor {} given, the checkpoint's {} is kept (its best epoch was \
+                 judged by it)",
+                c.monitor.name(),
+                es.monitor.name()
+            ));
+        }
     }
 
     /// The epoch's metrics from every rank's sums.
