@@ -12,6 +12,7 @@ mod models;
 mod predict;
 mod runs;
 mod submit;
+mod sweep;
 mod table;
 mod train;
 
@@ -39,6 +40,8 @@ enum Command {
     Export(export::ExportArgs),
     /// Run a job file as a tracked run (snapshot, logs, metrics, status).
     Submit(submit::SubmitArgs),
+    /// Hyperparameter sweeps over a job, with early termination: start, status, best, cancel.
+    Sweep(sweep::SweepArgs),
     /// The run history: list, show, metrics, logs, download, cancel.
     Runs(runs::RunsArgs),
     /// The model registry: register, list, download.
@@ -86,6 +89,7 @@ fn main() -> ExitCode {
         Command::Predict(args) => predict::run(args),
         Command::Export(args) => export::run(args),
         Command::Submit(args) => submit::run(args),
+        Command::Sweep(args) => sweep::run(args),
         Command::Runs(args) => runs::run(args),
         Command::Models(args) => models::run(args),
         Command::LogMetric(args) => log_metric::run(args),

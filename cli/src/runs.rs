@@ -112,20 +112,32 @@ fn last_metrics_text(run: &RunRecord) -> String {
 
 fn list(history: &RunHistory, experiment: Option<&str>, json: bool) -> Result<ExitCode> {
     let runs = history.runs(experiment)?;
+    let sweep_of = history.sweep_of_trials()?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&runs)?);
+        let mut value = serde_json::to_value(&runs)?;
+        for run in value.as_array_mut().into_iter().flatten() {
+            let id = run["id"].as_str().unwrap_or_default().to_string();
+            run["sweep_id"] = sweep_of
+                .get(&id)
+                .map_or(serde_json::Value::Null, |s| s.as_str().into());
+        }
+        println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(ExitCode::SUCCESS);
     }
     if runs.is_empty() {
         println!("no runs yet (kiln submit JOB.toml starts one)");
         return Ok(ExitCode::SUCCESS);
     }
-    let rows: Vec<Vec<String>> = runs
-        .iter()
-        .map(|r| {
+    let rows: Vec<Vec<String>> = children_under_sweeps(&runs, &sweep_of)
+        .into_iter()
+        .map(|(r, child)| {
             vec![
                 r.id.clone(),
-                r.name.clone(),
+                if child {
+                    format!("  {}", r.name)
+                } else {
+                    r.name.clone()
+                },
                 r.experiment.clone(),
                 r.status.to_string(),
                 table::timestamp(r.started.unwrap_or(r.created)),
@@ -152,6 +164,28 @@ fn list(history: &RunHistory, experiment: Option<&str>, json: bool) -> Result<Ex
         )
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Runs newest first, each sweep's trials (flagged `true`) right under it in trial order.
+fn children_under_sweeps<'a>(
+    runs: &'a [RunRecord],
+    sweep_of: &std::collections::HashMap<String, String>,
+) -> Vec<(&'a RunRecord, bool)> {
+    let listed = |id: &String| runs.iter().any(|r| &r.id == id);
+    let mut out = Vec::new();
+    for r in runs {
+        if sweep_of.get(&r.id).is_some_and(listed) {
+            continue;
+        }
+        out.push((r, false));
+        let mut trials: Vec<&RunRecord> = runs
+            .iter()
+            .filter(|t| sweep_of.get(&t.id) == Some(&r.id))
+            .collect();
+        trials.sort_by(|a, b| a.created.total_cmp(&b.created));
+        out.extend(trials.into_iter().map(|t| (t, true)));
+    }
+    out
 }
 
 fn show(history: &RunHistory, run: &str, json: bool) -> Result<ExitCode> {

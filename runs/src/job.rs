@@ -11,7 +11,7 @@ use crate::error::RunsError;
 use kiln_engine::TrainConfig;
 use kiln_engine::env;
 
-mod locate;
+pub(crate) mod locate;
 
 use locate::{explain, line_at, line_of_key};
 

@@ -12,6 +12,7 @@
 //! - [`lock`]: the lock a live submitter holds, and stopping what a killed one left behind.
 //! - [`ingest`]: metrics read from `logs/metrics.jsonl` as programs append them.
 //! - [`history`]: [`RunHistory`], the SQLite run history (experiments, runs, metrics, artifacts).
+//! - [`sweep`]: hyperparameter sweeps: parameter spaces, sampling, early-termination policies.
 //! - [`registry`]: [`ModelRegistry`], versioned model files with SHA-256.
 //! - [`error`]: the job runner's error type, [`RunsError`].
 //!
@@ -30,6 +31,7 @@ mod schema;
 pub mod snapshot;
 pub mod status;
 pub mod submit;
+pub mod sweep;
 
 pub use error::RunsError;
 pub use history::{Metric, RunHistory, RunRecord};

@@ -2,7 +2,8 @@
 //! transaction; `PRAGMA user_version` records how many have run. Add a migration, never edit one.
 
 /// Migrations in order; `PRAGMA user_version` says how many have run.
-pub(crate) const MIGRATIONS: [&str; 1] = [r#"
+pub(crate) const MIGRATIONS: [&str; 2] = [
+    r#"
 CREATE TABLE experiments (
     id INTEGER PRIMARY KEY,
     name TEXT NOT NULL UNIQUE,
@@ -63,4 +64,18 @@ CREATE TABLE model_files (
     sha256 TEXT NOT NULL,
     PRIMARY KEY (name, version, path)
 );
-"#];
+"#,
+    // 2: sweeps. A sweep is a run (compute_target 'sweep') whose trials are runs of their own;
+    // a resumed sweep lists the finished trials it carried over too.
+    r#"
+CREATE TABLE sweep_trials (
+    sweep_id TEXT NOT NULL REFERENCES runs(id),
+    trial INTEGER NOT NULL,
+    run_id TEXT NOT NULL REFERENCES runs(id),
+    params TEXT NOT NULL,
+    note TEXT,
+    PRIMARY KEY (sweep_id, trial)
+);
+CREATE INDEX sweep_trials_by_run ON sweep_trials(run_id);
+"#,
+];

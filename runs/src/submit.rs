@@ -523,9 +523,13 @@ fn open_log(paths: &RunPaths) -> Result<Arc<Mutex<File>>, RunsError> {
 }
 
 fn append_log(paths: &RunPaths, text: &str) {
-    if let Ok(log) = open_log(paths)
-        && let Ok(mut file) = log.lock()
-    {
+    append_to(&paths.output_log(), text);
+}
+
+/// Appends `text` to the log at `path`, if it can (a note in a run's log is never worth
+/// failing the run for).
+pub(crate) fn append_to(path: &Path, text: &str) {
+    if let Ok(mut file) = File::options().create(true).append(true).open(path) {
         let _ = file.write_all(text.as_bytes());
     }
 }
@@ -629,7 +633,13 @@ extern "C" fn on_interrupt(_: libc::c_int) {
     INTERRUPTED.store(true, Ordering::SeqCst);
 }
 
-fn install_interrupt_handler() {
+/// Whether SIGINT, SIGTERM or SIGHUP arrived since [`install_interrupt_handler`].
+pub(crate) fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+/// Turns SIGINT, SIGTERM and SIGHUP into a cancel of what this process runs.
+pub(crate) fn install_interrupt_handler() {
     // SAFETY: the handler only stores to an atomic.
     unsafe {
         for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {

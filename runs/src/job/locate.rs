@@ -4,7 +4,7 @@
 use kiln_engine::config::{did_you_mean, unknown_value};
 
 /// Rewrites serde's message about an unknown key or variant with a "did you mean".
-pub(super) fn explain(text: &str, line: usize, message: &str) -> String {
+pub(crate) fn explain(text: &str, line: usize, message: &str) -> String {
     let key = key_on_line(text, line);
     let prefix = match &key {
         Some(k) => format!("{k}: "),
@@ -32,7 +32,7 @@ pub(super) fn explain(text: &str, line: usize, message: &str) -> String {
 }
 
 /// The 1-based line of byte `offset`.
-pub(super) fn line_at(text: &str, offset: usize) -> usize {
+pub(crate) fn line_at(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
 }
 
@@ -57,7 +57,7 @@ fn table_on_line(text: &str, line: usize) -> String {
 }
 
 /// The line where `key` is set in `table` (`""`: the top level), or 1 when it is not written.
-pub(super) fn line_of_key(text: &str, table: &str, key: &str) -> usize {
+pub(crate) fn line_of_key(text: &str, table: &str, key: &str) -> usize {
     let mut current = String::new();
     for (i, l) in text.lines().enumerate() {
         let t = l.trim();
