@@ -482,3 +482,38 @@ fn a_real_sweep_of_the_trainer_finds_a_better_learning_rate_than_the_worst() {
             .exists()
     );
 }
+
+#[test]
+fn max_duration_minutes_cancels_the_running_trials_and_ends_the_sweep() {
+    let dir = temp_dir("sweep-deadline");
+    let home = dir.join("home");
+    let file = sleeper_sweep(&dir);
+    write(&dir.join("hold"), "0.1\n0.2\n0.3\n");
+    let text_now = std::fs::read_to_string(&file).unwrap();
+    write(&file, &format!("max_duration_minutes = 0.03\n{text_now}"));
+    let started = Instant::now();
+    let o = kiln(&home, &["sweep", file.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the hold was not waited out"
+    );
+    assert!(
+        text(&o).contains("max_duration_minutes (0.03) reached"),
+        "{}",
+        text(&o)
+    );
+    let s = status(&home, &sweep_id(&text(&o)));
+    assert_eq!(s["status"], "Completed");
+    assert_eq!(
+        trial_statuses(&s),
+        ["Canceled"],
+        "no trial starts after the deadline"
+    );
+    assert!(
+        s["trials"][0]["note"]
+            .as_str()
+            .unwrap()
+            .contains("max_duration_minutes")
+    );
+}

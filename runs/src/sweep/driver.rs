@@ -561,7 +561,9 @@ impl Sweep {
         let other = self.trials.len() - completed - cut;
         let (status, error) = match stop {
             Some(Stop::Canceled) => (RunStatus::Canceled, Some("canceled".to_string())),
-            _ if completed == 0 && cut == 0 && !self.trials.is_empty() => (
+            // The time limit is how the sweep was asked to end, not a failure.
+            Some(Stop::Deadline) => (RunStatus::Completed, None),
+            None if completed == 0 && cut == 0 && !self.trials.is_empty() => (
                 RunStatus::Failed,
                 Some("no trial completed (see kiln sweep status)".to_string()),
             ),
