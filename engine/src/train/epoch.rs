@@ -34,7 +34,12 @@ pub(crate) struct TrainSums {
     pub skipped: usize,
     /// Seconds the steps took.
     pub seconds: f64,
+    /// This rank's batch loss every [`STEP_LOSS_EVERY`] global steps: `(step, loss)`.
+    pub step_losses: Vec<(usize, f32)>,
 }
+
+/// How often (in global steps) the training loss of one batch is kept for TensorBoard.
+pub(crate) const STEP_LOSS_EVERY: usize = 10;
 
 /// One validation pass on this rank.
 pub(crate) struct ValSums {
@@ -67,6 +72,7 @@ pub(crate) fn train_epoch(
         lr: setup.schedule.base,
         skipped: 0,
         seconds: 0.0,
+        step_losses: Vec::new(),
     };
     let started = Instant::now();
     let indices = setup.train.sampler.indices(epoch);
@@ -99,6 +105,9 @@ pub(crate) fn train_epoch(
         sums.loss += loss_value as f64 * batch.len() as f64;
         sums.seen += batch.len();
         state.global_step += 1;
+        if state.global_step.is_multiple_of(STEP_LOSS_EVERY) {
+            sums.step_losses.push((state.global_step, loss_value));
+        }
         let rate = sums.seen as f64 / started.elapsed().as_secs_f64();
         progress.step(epoch + 1, epochs, sums.loss / sums.seen as f64, rate);
     }

@@ -85,6 +85,13 @@ pub mod json_value {
     }
 }
 
+/// Seconds since the Unix epoch.
+pub fn unix_time() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
 /// One line of `metrics.jsonl`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct MetricRecord {
@@ -171,9 +178,7 @@ impl MetricsLog {
         split: &str,
         values: &[(&str, f64)],
     ) -> Result<(), EngineError> {
-        let time = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64());
+        let time = unix_time();
         let mut text = String::new();
         for (name, value) in values {
             let record = MetricRecord {

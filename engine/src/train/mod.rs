@@ -9,7 +9,8 @@
 //! - [`checkpoint`]: checkpoint files, written whole or not at all; the trainer's state.
 //! - [`sgd`], [`schedule`], [`early_stopping`], [`loss`]: the optimizer, learning-rate
 //!   schedules, early stopping and the loss.
-//! - [`metrics`], [`progress`], [`curves`]: `metrics.jsonl`, the terminal, `curves.png`.
+//! - [`metrics`], [`tensorboard`], [`progress`], [`curves`]: `metrics.jsonl`, TensorBoard
+//!   event files, the terminal, `curves.png`.
 //! - [`allocator`]: the allocator settings that keep a step's buffers from being faulted in
 //!   afresh every step.
 
@@ -26,6 +27,7 @@ pub mod schedule;
 pub mod setup;
 pub mod sgd;
 pub mod strategies;
+pub mod tensorboard;
 pub mod trainer;
 
 pub use crate::config::{Monitor, Schedule, TrainConfig};

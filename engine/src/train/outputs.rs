@@ -16,6 +16,7 @@ use crate::model_dir::{self, ModelInfo};
 use crate::train::checkpoint::{self, EpochMetrics, TrainerState};
 use crate::train::metrics::{MetricsLog, Start};
 use crate::train::sgd::Sgd;
+use crate::train::tensorboard::EventWriter;
 
 /// Where a run's files go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,19 +93,40 @@ fn sibling(outputs: &Path, name: &str) -> PathBuf {
 pub(crate) struct RunWriter {
     folders: RunFolders,
     metrics: MetricsLog,
+    /// The TensorBoard event file, opened at the first epoch's end.
+    events: Option<EventWriter>,
+    /// The run's options, written as TensorBoard text when the event file opens.
+    hparams: String,
+    /// The global step a resumed run takes up from.
+    resumed_at: Option<usize>,
 }
 
 impl RunWriter {
-    /// The writer of run `run_id`'s files; `metrics.jsonl` starts as `start` says.
-    pub fn open(folders: RunFolders, run_id: &str, start: Start) -> Self {
+    /// The writer of run `run_id`'s files; `metrics.jsonl` starts as `start` says; a run
+    /// resumed at global step `resumed_at` says so in its event file.
+    pub fn open(
+        folders: RunFolders,
+        run_id: &str,
+        start: Start,
+        config: &TrainConfig,
+        resumed_at: Option<usize>,
+    ) -> Self {
         let metrics = MetricsLog::open(&folders.logs.join("metrics.jsonl"), run_id, 0, start);
-        Self { folders, metrics }
+        Self {
+            folders,
+            metrics,
+            events: None,
+            hparams: hparams_markdown(config),
+            resumed_at,
+        }
     }
 
-    /// Records a finished epoch: its metrics, then its checkpoint.
+    /// Records a finished epoch: its metrics (`metrics.jsonl` and TensorBoard, with the sampled
+    /// step losses), then its checkpoint.
     pub fn epoch(
         &mut self,
         m: &EpochMetrics,
+        step_losses: &[(usize, f32)],
         state: &TrainerState,
         model: &Model,
         sgd: &Sgd,
@@ -124,8 +146,50 @@ impl RunWriter {
             ("top5", m.val_top5),
         ];
         self.metrics.log(m.epoch, state.global_step, "val", &val)?;
+        self.tensorboard(&train, &val, step_losses, state.global_step)?;
         checkpoint::save(&self.folders.checkpoints(), model, &sgd.state(), state)?;
         Ok(())
+    }
+
+    /// The epoch's scalars as TensorBoard events, the same tags and steps as `metrics.jsonl`
+    /// (`train/loss` at the epoch's last step), and `train/step_loss` every few steps.
+    fn tensorboard(
+        &mut self,
+        train: &[(&str, f64)],
+        val: &[(&str, f64)],
+        step_losses: &[(usize, f32)],
+        step: usize,
+    ) -> Result<(), EngineError> {
+        let events = match &mut self.events {
+            Some(events) => events,
+            None => {
+                let mut events = EventWriter::create(&self.folders.logs)?;
+                if let Some(at) = self.resumed_at {
+                    // TensorBoard drops what an earlier session logged at this step and after:
+                    // the checkpoint's own step stays, the steps written after it go.
+                    events.session_start(at as i64 + 1)?;
+                }
+                events.text(
+                    self.resumed_at.unwrap_or(0) as i64,
+                    "hparams",
+                    &self.hparams,
+                )?;
+                self.events.insert(events)
+            }
+        };
+        for &(s, loss) in step_losses {
+            events.scalars(s as i64, &[("train/step_loss".into(), f64::from(loss))])?;
+        }
+        let tagged = |split: &str, values: &[(&str, f64)]| -> Vec<(String, f64)> {
+            values
+                .iter()
+                .map(|(name, v)| (format!("{split}/{name}"), *v))
+                .collect()
+        };
+        let mut scalars = tagged("train", train);
+        scalars.extend(tagged("val", val));
+        events.scalars(step as i64, &scalars)?;
+        events.flush()
     }
 
     /// The run is over: the kept epoch's weights (`best_epoch`, from 1) become the model
@@ -152,6 +216,21 @@ impl RunWriter {
         model_dir::save(&self.folders.model(), &model.valid(), info)?;
         crate::train::curves::draw(&self.folders.outputs.join("curves.png"), &state.history)
     }
+}
+
+/// The run's options as a markdown table (TensorBoard's text tab renders it).
+fn hparams_markdown(config: &TrainConfig) -> String {
+    let mut text = String::from("| option | value |\n|---|---|\n");
+    if let Ok(serde_json::Value::Object(options)) = serde_json::to_value(config) {
+        for (key, value) in options {
+            let value = match value {
+                serde_json::Value::String(s) => s,
+                other => other.to_string(),
+            };
+            text.push_str(&format!("| {key} | {value} |\n"));
+        }
+    }
+    text
 }
 
 /// `kiln.json` of a model trained on `classes` at `image_size`.

@@ -195,8 +195,9 @@ impl Trainer {
             (None, Some(_)) => Start::KeepUntil(state.epochs_done),
             (None, None) => Start::Fresh,
         };
-        let mut writer =
-            (rank == 0).then(|| RunWriter::open(folders.clone(), &self.run.run_id, start));
+        let resumed_at = c.resume.as_ref().map(|_| state.global_step);
+        let mut writer = (rank == 0)
+            .then(|| RunWriter::open(folders.clone(), &self.run.run_id, start, &c, resumed_at));
         self.progress.info(&format!(
             "training {} on {} images ({} classes), validating on {}, {} px, batch {}, {} \
              steps/epoch",
@@ -228,7 +229,7 @@ impl Trainer {
             let m = self.epoch_metrics(&state, &train, &val, started)?;
             self.judge(&mut state, &m);
             if let Some(writer) = &mut writer {
-                writer.epoch(&m, &state, &model, &setup.sgd)?;
+                writer.epoch(&m, &train.step_losses, &state, &model, &setup.sgd)?;
             }
         }
         self.finish(setup, model, state, writer.as_ref(), &folders, skipped)

@@ -115,7 +115,7 @@ impl Policy {
     pub fn applies_at(&self, interval: usize) -> bool {
         self.rule != Rule::None
             && interval >= self.delay_evaluation.max(1)
-            && interval % self.evaluation_interval.max(1) == 0
+            && interval.is_multiple_of(self.evaluation_interval.max(1))
     }
 
     /// Judges trial `candidate` at `interval` against every trial's `curves` (each trial's
