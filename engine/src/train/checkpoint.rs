@@ -65,7 +65,7 @@ pub(crate) mod exact_f64 {
 }
 
 /// One epoch's results.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct EpochMetrics {
     /// Epoch, from 1.
     pub epoch: usize,

@@ -1,5 +1,8 @@
-//! `outputs/curves.png`: loss (left panel) and top-1 accuracy (right panel) by epoch, training
-//! in blue and validation in orange, on a light grid (accuracy from 0 to 1, tenths marked).
+//! Charts a person can read: `outputs/curves.png` (loss and top-1 accuracy by epoch, training
+//! and validation, the kept epoch marked) and `kiln runs metrics --plot` (one panel per metric).
+//! Each panel has a title, axis labels with units, tick values and a legend ([`plot`]).
+
+pub mod plot;
 
 use std::path::Path;
 
@@ -7,68 +10,52 @@ use image::{Rgb, RgbImage};
 
 use crate::error::EngineError;
 use crate::train::checkpoint::EpochMetrics;
+use plot::{Curve, H, OTHER, Panel, TRAIN, VAL, W, draw_panel};
 
-const W: u32 = 480;
-const H: u32 = 360;
-const MARGIN: u32 = 30;
-const TRAIN: Rgb<u8> = Rgb([31, 119, 180]);
-const VAL: Rgb<u8> = Rgb([255, 127, 14]);
-const GRID: Rgb<u8> = Rgb([225, 225, 225]);
-const AXIS: Rgb<u8> = Rgb([60, 60, 60]);
-
-/// Draws the curves of `history` into a PNG at `path`.
-pub fn draw(path: &Path, history: &[EpochMetrics]) -> Result<(), EngineError> {
-    let mut img = RgbImage::from_pixel(2 * W, H, Rgb([255, 255, 255]));
-    let max_loss = history
-        .iter()
-        .flat_map(|m| [m.train_loss, m.val_loss])
-        .filter(|v| v.is_finite())
-        .fold(0.0f64, f64::max)
-        .max(1e-6);
-    let panel = |img: &mut RgbImage, x0: u32, series: [(Vec<f64>, Rgb<u8>); 2], top: f64| {
-        for i in 0..=10 {
-            let y = MARGIN + (H - 2 * MARGIN) * i / 10;
-            line(img, (x0 + MARGIN, y), (x0 + W - MARGIN, y), GRID);
-        }
-        line(img, (x0 + MARGIN, MARGIN), (x0 + MARGIN, H - MARGIN), AXIS);
-        line(
-            img,
-            (x0 + MARGIN, H - MARGIN),
-            (x0 + W - MARGIN, H - MARGIN),
-            AXIS,
-        );
-        for (values, color) in series {
-            let n = values.len().max(2) - 1;
-            let point = |i: usize, v: f64| {
-                let x = x0 + MARGIN + ((W - 2 * MARGIN) as usize * i / n) as u32;
-                let frac = (v / top).clamp(0.0, 1.0);
-                let y = H - MARGIN - ((H - 2 * MARGIN) as f64 * frac) as u32;
-                (x, y)
-            };
-            for (i, pair) in values.windows(2).enumerate() {
-                line(img, point(i, pair[0]), point(i + 1, pair[1]), color);
-            }
-            for (i, &v) in values.iter().enumerate() {
-                let (x, y) = point(i, v);
-                dot(img, x, y, color);
-            }
-        }
+/// Draws the curves of `history` into a PNG at `path`, marking `best_epoch` (from 1), the
+/// epoch whose weights were kept.
+pub fn draw(
+    path: &Path,
+    history: &[EpochMetrics],
+    best_epoch: Option<usize>,
+) -> Result<(), EngineError> {
+    let series = |f: fn(&EpochMetrics) -> f64| -> Vec<(f64, f64)> {
+        history.iter().map(|m| (m.epoch as f64, f(m))).collect()
     };
-    let get = |f: fn(&EpochMetrics) -> f64| history.iter().map(f).collect::<Vec<_>>();
-    panel(
-        &mut img,
-        0,
-        [(get(|m| m.train_loss), TRAIN), (get(|m| m.val_loss), VAL)],
-        max_loss,
-    );
-    panel(
-        &mut img,
-        W,
-        [(get(|m| m.train_acc), TRAIN), (get(|m| m.val_acc), VAL)],
-        1.0,
-    );
-    img.save(path)
-        .map_err(|e| EngineError::io(path, std::io::Error::other(e)))
+    let curves = |train: fn(&EpochMetrics) -> f64, val: fn(&EpochMetrics) -> f64| {
+        vec![
+            Curve {
+                label: "train".into(),
+                color: TRAIN,
+                points: series(train),
+            },
+            Curve {
+                label: "val".into(),
+                color: VAL,
+                points: series(val),
+            },
+        ]
+    };
+    let mark = best_epoch.map(|e| (e as f64, format!("kept: epoch {e}")));
+    let panels = [
+        Panel {
+            title: "Loss".into(),
+            x_label: "epoch".into(),
+            y_label: "cross-entropy loss (nats)".into(),
+            curves: curves(|m| m.train_loss, |m| m.val_loss),
+            y_range: Some((0.0, 0.0)),
+            mark: mark.clone(),
+        },
+        Panel {
+            title: "Top-1 accuracy".into(),
+            x_label: "epoch".into(),
+            y_label: "accuracy (fraction correct)".into(),
+            curves: curves(|m| m.train_acc, |m| m.val_acc),
+            y_range: Some((0.0, 1.0)),
+            mark,
+        },
+    ];
+    save(path, &panels)
 }
 
 /// One curve of [`draw_metrics`]: a metric's name, its split (`train`, `val` or none) and
@@ -83,99 +70,124 @@ pub struct Series {
 }
 
 /// Draws any run's metrics into a PNG: one panel per metric name (two columns), each scaled
-/// to its own range, training in blue, validation in orange, other splits in green.
+/// to its own range, training in blue, validation in orange, other splits in green; x is the
+/// epoch (or step). The best validation loss or accuracy is marked.
 pub fn draw_metrics(path: &Path, series: &[Series]) -> Result<(), EngineError> {
     let mut names: Vec<&str> = series.iter().map(|s| s.name.as_str()).collect();
-    names.dedup();
     names.sort_unstable();
     names.dedup();
-    let rows = names.len().div_ceil(2).max(1) as u32;
-    let mut img = RgbImage::from_pixel(2 * W, rows * H, Rgb([255, 255, 255]));
-    for (i, name) in names.iter().enumerate() {
-        let (x0, y0) = ((i as u32 % 2) * W, (i as u32 / 2) * H);
-        let curves: Vec<&Series> = series.iter().filter(|s| s.name == *name).collect();
-        let finite = curves
-            .iter()
-            .flat_map(|s| s.points.iter())
-            .filter(|p| p.0.is_finite() && p.1.is_finite());
-        let (mut x_lo, mut x_hi, mut y_lo, mut y_hi) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
-        for &(x, y) in finite {
-            (x_lo, x_hi, y_lo, y_hi) = (x_lo.min(x), x_hi.max(x), y_lo.min(y), y_hi.max(y));
-        }
-        if x_lo > x_hi {
-            continue;
-        }
-        let (x_span, y_span) = ((x_hi - x_lo).max(1e-12), (y_hi - y_lo).max(1e-12));
-        for g in 0..=10 {
-            let y = y0 + MARGIN + (H - 2 * MARGIN) * g / 10;
-            line(&mut img, (x0 + MARGIN, y), (x0 + W - MARGIN, y), GRID);
-        }
-        line(
-            &mut img,
-            (x0 + MARGIN, y0 + MARGIN),
-            (x0 + MARGIN, y0 + H - MARGIN),
-            AXIS,
-        );
-        line(
-            &mut img,
-            (x0 + MARGIN, y0 + H - MARGIN),
-            (x0 + W - MARGIN, y0 + H - MARGIN),
-            AXIS,
-        );
-        let at = |(x, y): (f64, f64)| {
-            let fx = (x - x_lo) / x_span;
-            let fy = (y - y_lo) / y_span;
-            (
-                x0 + MARGIN + ((W - 2 * MARGIN) as f64 * fx) as u32,
-                y0 + H - MARGIN - ((H - 2 * MARGIN) as f64 * fy) as u32,
-            )
-        };
-        for s in curves {
-            let color = match s.split.as_str() {
-                "train" => TRAIN,
-                "val" => VAL,
-                _ => Rgb([44, 160, 44]),
-            };
-            let points: Vec<(f64, f64)> = s
-                .points
+    let panels: Vec<Panel> = names
+        .iter()
+        .map(|name| {
+            let mine: Vec<&Series> = series.iter().filter(|s| s.name == *name).collect();
+            let curves = mine
                 .iter()
-                .copied()
-                .filter(|p| p.0.is_finite() && p.1.is_finite())
+                .map(|s| Curve {
+                    label: if s.split.is_empty() {
+                        (*name).to_string()
+                    } else {
+                        s.split.clone()
+                    },
+                    color: match s.split.as_str() {
+                        "train" => TRAIN,
+                        "val" => VAL,
+                        _ => OTHER,
+                    },
+                    points: s.points.clone(),
+                })
                 .collect();
-            for pair in points.windows(2) {
-                line(&mut img, at(pair[0]), at(pair[1]), color);
+            let (title, y_label) = describe(name);
+            Panel {
+                title,
+                x_label: "epoch (or step)".into(),
+                y_label,
+                curves,
+                y_range: (name.contains("acc") || *name == "top5").then_some((0.0, 1.0)),
+                mark: best_mark(name, &mine),
             }
-            if points.len() <= 100 {
-                for &p in &points {
-                    let (x, y) = at(p);
-                    dot(&mut img, x, y, color);
-                }
-            }
-        }
+        })
+        .collect();
+    save(path, &panels)
+}
+
+/// A metric's title and y-axis label with its unit.
+fn describe(name: &str) -> (String, String) {
+    let (title, unit) = match name {
+        "loss" => ("Loss", "cross-entropy loss (nats)"),
+        "acc" => ("Top-1 accuracy", "accuracy (fraction correct)"),
+        "top5" => ("Top-5 accuracy", "accuracy (fraction correct)"),
+        "lr" => ("Learning rate", "learning rate"),
+        "images_per_s" => ("Throughput", "images per second"),
+        "epoch_time_s" => ("Epoch time", "seconds"),
+        other => return (other.to_string(), other.to_string()),
+    };
+    (title.into(), unit.into())
+}
+
+/// The best validation epoch of a loss (lowest) or accuracy (highest), marked.
+fn best_mark(name: &str, series: &[&Series]) -> Option<(f64, String)> {
+    let val = series.iter().find(|s| s.split == "val")?;
+    let finite = val.points.iter().filter(|p| p.1.is_finite());
+    let best = match name {
+        "loss" => finite.min_by(|a, b| a.1.total_cmp(&b.1)),
+        "acc" | "top5" => finite.max_by(|a, b| a.1.total_cmp(&b.1)),
+        _ => None,
+    }?;
+    Some((best.0, format!("best val: {:.4} at {}", best.1, best.0)))
+}
+
+/// Lays `panels` out two to a row and writes the PNG.
+fn save(path: &Path, panels: &[Panel]) -> Result<(), EngineError> {
+    let rows = panels.len().div_ceil(2).max(1) as u32;
+    let mut img = RgbImage::from_pixel(2 * W, rows * H, Rgb([255, 255, 255]));
+    for (i, panel) in panels.iter().enumerate() {
+        draw_panel(&mut img, (i as u32 % 2) * W, (i as u32 / 2) * H, panel);
     }
     img.save(path)
         .map_err(|e| EngineError::io(path, std::io::Error::other(e)))
 }
 
-fn line(img: &mut RgbImage, (x0, y0): (u32, u32), (x1, y1): (u32, u32), color: Rgb<u8>) {
-    let steps = x0.abs_diff(x1).max(y0.abs_diff(y1)).max(1);
-    for s in 0..=steps {
-        let x = x0 as f64 + (x1 as f64 - x0 as f64) * s as f64 / steps as f64;
-        let y = y0 as f64 + (y1 as f64 - y0 as f64) * s as f64 / steps as f64;
-        if let Some(p) = img.get_pixel_mut_checked(x.round() as u32, y.round() as u32) {
-            *p = color;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn epoch(e: usize, loss: f64, acc: f64) -> EpochMetrics {
+        EpochMetrics {
+            epoch: e,
+            train_loss: loss,
+            val_loss: loss * 0.9,
+            train_acc: acc,
+            val_acc: acc + 0.05,
+            ..EpochMetrics::default()
         }
     }
-}
 
-fn dot(img: &mut RgbImage, x: u32, y: u32, color: Rgb<u8>) {
-    for dx in 0..5u32 {
-        for dy in 0..5u32 {
-            if let Some(p) =
-                img.get_pixel_mut_checked((x + dx).saturating_sub(2), (y + dy).saturating_sub(2))
-            {
-                *p = color;
-            }
-        }
+    #[test]
+    fn curves_have_titles_ticks_legends_and_the_kept_epoch() {
+        let dir = std::env::temp_dir().join(format!("kiln-curves-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("curves.png");
+        let history = [epoch(1, 2.3, 0.1), epoch(2, 1.7, 0.4), epoch(3, 1.2, 0.6)];
+        draw(&path, &history, Some(3)).unwrap();
+        let img = image::open(&path).unwrap().to_rgb8();
+        assert_eq!(img.dimensions(), (2 * W, H));
+        let inked = |x0: u32, y0: u32, w: u32, h: u32, color: Rgb<u8>| {
+            (y0..y0 + h)
+                .flat_map(|y| (x0..x0 + w).map(move |x| (x, y)))
+                .filter(|&(x, y)| *img.get_pixel(x, y) == color)
+                .count()
+        };
+        let text = Rgb([20, 20, 20]);
+        assert!(inked(60, 0, 200, 30, text) > 50, "the loss panel's title");
+        assert!(
+            inked(W + 60, 0, 300, 30, text) > 50,
+            "the accuracy panel's title"
+        );
+        assert!(
+            inked(0, 60, 70, 300, text) > 50,
+            "tick values on the y axis"
+        );
+        assert!(inked(0, 0, 2 * W, H, TRAIN) > 100 && inked(0, 0, 2 * W, H, VAL) > 100);
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -214,7 +214,11 @@ impl RunWriter {
             )?;
         }
         model_dir::save(&self.folders.model(), &model.valid(), info)?;
-        crate::train::curves::draw(&self.folders.outputs.join("curves.png"), &state.history)
+        crate::train::curves::draw(
+            &self.folders.outputs.join("curves.png"),
+            &state.history,
+            Some(best_epoch),
+        )
     }
 }
 
