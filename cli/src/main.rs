@@ -15,6 +15,7 @@ mod submit;
 mod sweep;
 mod table;
 mod train;
+mod ui;
 
 use std::process::ExitCode;
 
@@ -46,6 +47,8 @@ enum Command {
     Runs(runs::RunsArgs),
     /// The model registry: register, list, download.
     Models(models::ModelsArgs),
+    /// The run history in a browser: runs, a run's page, comparisons, models, a JSON API.
+    Ui(ui::UiArgs),
     /// Record a metric into the current run (for scripts run by `kiln submit`).
     LogMetric(log_metric::LogMetricArgs),
     /// Start N local workers of any program with the distributed environment set.
@@ -91,6 +94,7 @@ fn main() -> ExitCode {
         Command::Submit(args) => submit::run(args),
         Command::Sweep(args) => sweep::run(args),
         Command::Runs(args) => runs::run(args),
+        Command::Ui(args) => ui::run(args),
         Command::Models(args) => models::run(args),
         Command::LogMetric(args) => log_metric::run(args),
         Command::Launch(args) => launch::run(args),

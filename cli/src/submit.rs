@@ -52,6 +52,7 @@ pub fn run(args: SubmitArgs) -> Result<ExitCode> {
         job.experiment,
         paths.dir.display()
     );
+    println!("its page under `kiln ui`: {}", crate::ui::run_page(&id));
     if args.detach {
         // The worker inherits the locked descriptor, so the run is never unlocked; its
         // stderr (errors before the program starts) goes to the run's log.

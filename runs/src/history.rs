@@ -558,8 +558,7 @@ impl RunHistory {
         let mut q = self
             .conn
             .prepare(
-                "SELECT split, name, value FROM metrics WHERE rowid IN
-                    (SELECT max(rowid) FROM metrics WHERE run_id = ?1 GROUP BY split, name)
+                "SELECT split, name, value FROM last_metrics WHERE run_id = ?1
                  ORDER BY split, name",
             )
             .map_err(db_error)?;
