@@ -6,6 +6,7 @@ mod bench_kernels;
 mod check;
 mod data;
 mod export;
+mod guard;
 mod launch;
 mod log_metric;
 mod models;
@@ -53,6 +54,9 @@ enum Command {
     LogMetric(log_metric::LogMetricArgs),
     /// Start N local workers of any program with the distributed environment set.
     Launch(launch::LaunchArgs),
+    /// Internal: what `kiln submit` runs a run's program under.
+    #[command(hide = true)]
+    Guard(guard::GuardArgs),
     /// Import datasets into image folders.
     Data(data::DataArgs),
     /// Benchmarks: training steps, the data loader.
@@ -98,6 +102,7 @@ fn main() -> ExitCode {
         Command::Models(args) => models::run(args),
         Command::LogMetric(args) => log_metric::run(args),
         Command::Launch(args) => launch::run(args),
+        Command::Guard(args) => guard::run(args),
         Command::Data(args) => data::run(args),
         Command::Bench(args) => bench::run(args),
     };

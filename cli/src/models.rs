@@ -48,7 +48,12 @@ enum ModelsCommand {
 
 /// Runs `kiln models ...`.
 pub fn run(args: ModelsArgs) -> Result<ExitCode> {
-    let mut history = RunHistory::open(&runs::kiln_home())?;
+    let home = runs::kiln_home();
+    // Listing and downloading read a KILN_HOME this user cannot write, as it is.
+    let mut history = match args.command {
+        ModelsCommand::Register { .. } => RunHistory::open(&home)?,
+        _ => RunHistory::open_to_read(&home)?,
+    };
     let mut registry = ModelRegistry::new(&mut history);
     match args.command {
         ModelsCommand::Register { run, name, path } => {

@@ -1,9 +1,11 @@
-//! `kiln runs list | show | metrics | logs | download | cancel`: the run history, as tables or
-//! `--json`. Every command first marks runs whose `kiln submit` was killed as lost.
+//! `kiln runs list | show | metrics | logs | download | cancel | recover`: the run history, as
+//! tables or `--json`. Every command first marks runs whose `kiln submit` was killed as lost;
+//! the reading ones read a `KILN_HOME` this user cannot write as it is. `recover` rebuilds the
+//! history from the runs and models on disk.
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -46,7 +48,7 @@ enum RunsCommand {
     Metrics {
         /// Run id (or a unique prefix).
         run: String,
-        /// JSON lines for scripts.
+        /// A JSON array for scripts, one value per line.
         #[arg(long)]
         json: bool,
         /// Draw the curves into a PNG.
@@ -75,11 +77,26 @@ enum RunsCommand {
         /// Run id (or a unique prefix).
         run: String,
     },
+    /// Rebuild the run history from the runs and models on disk, when kiln.db was lost,
+    /// emptied or damaged (the old file is moved aside, never deleted).
+    Recover,
 }
 
 /// Runs `kiln runs ...`.
 pub fn run(args: RunsArgs) -> Result<ExitCode> {
-    let history = RunHistory::open(&runs::kiln_home())?;
+    let home = runs::kiln_home();
+    let history = match &args.command {
+        RunsCommand::Recover => return recover(&home),
+        RunsCommand::Cancel { .. } => RunHistory::open(&home)?,
+        _ => RunHistory::open_to_read(&home)?,
+    };
+    if history.is_read_only() {
+        eprintln!(
+            "note: {} cannot be written here: the run history is read as it is (runs whose \
+             kiln submit was killed are not marked lost)",
+            home.display()
+        );
+    }
     history.reap_lost()?;
     match args.command {
         RunsCommand::List { experiment, json } => list(&history, experiment.as_deref(), json),
@@ -87,6 +104,7 @@ pub fn run(args: RunsArgs) -> Result<ExitCode> {
         RunsCommand::Metrics { run, json, plot } => metrics(&history, &run, json, plot),
         RunsCommand::Logs { run, follow } => logs(&history, &run, follow),
         RunsCommand::Download { run, path, dest } => download(&history, &run, &path, &dest),
+        RunsCommand::Recover => unreachable!("recovered above"),
         RunsCommand::Cancel { run } => {
             let status = submit::cancel(&history, &run)?;
             println!("run {}: {status}", history.resolve(&run)?);
@@ -274,10 +292,14 @@ fn metrics(history: &RunHistory, run: &str, json: bool, plot: Option<PathBuf>) -
         return Ok(ExitCode::SUCCESS);
     }
     if json {
+        // One JSON document (an array), one value per line.
         let mut out = std::io::stdout().lock();
-        for m in &values {
-            writeln!(out, "{}", serde_json::to_string(m)?)?;
+        writeln!(out, "[")?;
+        for (i, m) in values.iter().enumerate() {
+            let comma = if i + 1 < values.len() { "," } else { "" };
+            writeln!(out, "{}{comma}", serde_json::to_string(m)?)?;
         }
+        writeln!(out, "]")?;
         return Ok(ExitCode::SUCCESS);
     }
     let cell = |v: Option<i64>| v.map_or("-".into(), |v| v.to_string());
@@ -365,4 +387,48 @@ fn copy_tree(from: &std::path::Path, to: &std::path::Path) -> Result<usize> {
     }
     std::fs::copy(from, to)?;
     Ok(1)
+}
+
+fn recover(home: &Path) -> Result<ExitCode> {
+    let done = runs::recover::recover(home)?;
+    for (from, to) in &done.moved_aside {
+        println!("moved {} aside to {}", from.display(), to.display());
+    }
+    println!(
+        "recovered {} run(s), {} metric value(s), {} sweep trial(s) and {} model version(s) into \
+         {}",
+        done.runs,
+        done.metrics,
+        done.trials,
+        done.models,
+        done.db.display()
+    );
+    if !done.inferred.is_empty() {
+        println!(
+            "{} run(s) kept no end record (they ended before kiln kept one, or their kiln submit \
+             was killed): their status is inferred from their files, their host, command and git \
+             state are unknown: {}",
+            done.inferred.len(),
+            done.inferred.join(", ")
+        );
+    }
+    if done.bad_metric_lines > 0 {
+        println!(
+            "{} line(s) of metrics.jsonl files are not metric records and were skipped, as when \
+             the runs ingested them",
+            done.bad_metric_lines
+        );
+    }
+    if !done.unrecorded_models.is_empty() {
+        println!(
+            "{} model version(s) kept no registration record (registered before kiln kept one): \
+             their run and source path are unknown, their files hashed as they are now: {}",
+            done.unrecorded_models.len(),
+            done.unrecorded_models.join(", ")
+        );
+    }
+    for skipped in &done.skipped {
+        println!("skipped {skipped}");
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -27,11 +27,13 @@ pub struct UiArgs {
 pub fn run(args: UiArgs) -> Result<ExitCode> {
     let home = runs::kiln_home();
     // Opening the history first reports a damaged or misplaced one before the page does.
-    runs::RunHistory::open(&home)?;
+    runs::RunHistory::open_to_read(&home)?;
     let options = UiOptions {
         host: args.host,
         port: args.port,
-        token: std::env::var("KILN_UI_TOKEN").ok().filter(|t| !t.is_empty()),
+        token: std::env::var("KILN_UI_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty()),
     };
     kiln_ui::run(home.clone(), options, |addr| {
         println!(

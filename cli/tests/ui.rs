@@ -27,9 +27,15 @@ fn chromium() -> Option<PathBuf> {
         return Some(path);
     }
     if std::env::var_os("KILN_REQUIRE_CHROMIUM").is_some() {
-        panic!("KILN_REQUIRE_CHROMIUM is set but {} is missing", path.display());
+        panic!(
+            "KILN_REQUIRE_CHROMIUM is set but {} is missing",
+            path.display()
+        );
     }
-    eprintln!("skipped: no Chromium at {} (apt-get install chromium)", path.display());
+    eprintln!(
+        "skipped: no Chromium at {} (apt-get install chromium)",
+        path.display()
+    );
     None
 }
 
@@ -116,7 +122,12 @@ fn add_run(h: &mut RunHistory, name: &str, epochs: i64, quality: f64) -> String 
     std::fs::create_dir_all(paths.outputs.join("model")).unwrap();
     std::fs::write(paths.outputs.join("model/kiln.json"), "{}").unwrap();
     let log: String = (1..=epochs)
-        .map(|e| format!("epoch {e}/{epochs}: val/acc {:.3}\n", quality * e as f64 / 6.0))
+        .map(|e| {
+            format!(
+                "epoch {e}/{epochs}: val/acc {:.3}\n",
+                quality * e as f64 / 6.0
+            )
+        })
         .collect();
     std::fs::write(paths.output_log(), log).unwrap();
     h.set_running(&id, "kiln train --data images --lr 0.1", None, None)
@@ -134,7 +145,13 @@ fn add_run(h: &mut RunHistory, name: &str, epochs: i64, quality: f64) -> String 
     for e in 1..=epochs {
         for s in (1..=100).step_by(10) {
             let step = (e - 1) * 100 + s;
-            metrics.push(metric(e, step, "train", "step_loss", 2.3 / (1.0 + quality * step as f64 / 100.0)));
+            metrics.push(metric(
+                e,
+                step,
+                "train",
+                "step_loss",
+                2.3 / (1.0 + quality * step as f64 / 100.0),
+            ));
         }
         let step = e * 100;
         let acc = quality * (1.0 - 0.7f64.powi(e as i32));
@@ -142,10 +159,17 @@ fn add_run(h: &mut RunHistory, name: &str, epochs: i64, quality: f64) -> String 
         metrics.push(metric(e, step, "val", "loss", 2.4 * (1.0 - acc)));
         metrics.push(metric(e, step, "train", "acc", acc));
         metrics.push(metric(e, step, "val", "acc", acc * 0.95));
-        metrics.push(metric(e, step, "train", "lr", 0.1 * 0.5f64.powi(e as i32 - 1)));
+        metrics.push(metric(
+            e,
+            step,
+            "train",
+            "lr",
+            0.1 * 0.5f64.powi(e as i32 - 1),
+        ));
     }
     h.add_metrics(&id, &metrics).unwrap();
-    h.set_artifacts(&id, &[("outputs/model/kiln.json".into(), 2)]).unwrap();
+    h.set_artifacts(&id, &[("outputs/model/kiln.json".into(), 2)])
+        .unwrap();
     h.finish(&id, RunStatus::Completed, Some(0), None).unwrap();
     id
 }
@@ -154,7 +178,11 @@ fn add_run(h: &mut RunHistory, name: &str, epochs: i64, quality: f64) -> String 
 fn http_get(url: &str, path: &str) -> String {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(url.trim_start_matches("http://")).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut raw = String::new();
     s.read_to_string(&mut raw).unwrap();
     let (head, body) = raw.split_once("\r\n\r\n").unwrap();
@@ -168,8 +196,14 @@ fn count(dom: &str, needle: &str) -> usize {
 
 /// The page caught no JavaScript error and finished drawing `hash`.
 fn assert_clean(dom: &str, hash: &str) {
-    assert!(dom.contains("<ul id=\"errors\"></ul>"), "the page caught errors: {dom}");
-    assert!(dom.contains(&format!("data-ready=\"{hash}\"")), "{hash} never finished: {dom}");
+    assert!(
+        dom.contains("<ul id=\"errors\"></ul>"),
+        "the page caught errors: {dom}"
+    );
+    assert!(
+        dom.contains(&format!("data-ready=\"{hash}\"")),
+        "{hash} never finished: {dom}"
+    );
 }
 
 #[test]
@@ -189,9 +223,15 @@ fn the_page_shows_runs_a_run_a_comparison_and_models() {
 
     let dom = browse(&chromium, &format!("{}/#/", ui.url), &shot("runs"));
     assert_clean(&dom, "#/");
-    assert!(dom.contains("resnet18-lr0.1") && dom.contains("resnet18-lr0.01"), "{dom}");
+    assert!(
+        dom.contains("resnet18-lr0.1") && dom.contains("resnet18-lr0.01"),
+        "{dom}"
+    );
     assert_eq!(count(&dom, "<tr class=\"run\""), 2, "{dom}");
-    assert!(dom.contains("val/acc=0.7"), "last metrics in the table: {dom}");
+    assert!(
+        dom.contains("val/acc=0.7"),
+        "last metrics in the table: {dom}"
+    );
 
     let dom = browse(&chromium, &format!("{}/#/run/{a}", ui.url), &shot("run"));
     assert_clean(&dom, &format!("#/run/{a}"));
@@ -199,17 +239,33 @@ fn the_page_shows_runs_a_run_a_comparison_and_models() {
     // acc, loss, lr, step_loss: one chart each.
     assert_eq!(count(&dom, "<canvas"), 4, "{dom}");
     for name in ["acc", "loss", "lr", "step_loss"] {
-        assert!(dom.contains(&format!("<h4>{name}</h4>")), "no {name} chart: {dom}");
+        assert!(
+            dom.contains(&format!("<h4>{name}</h4>")),
+            "no {name} chart: {dom}"
+        );
     }
     assert!(dom.contains("epoch 5/5"), "the log is shown: {dom}");
-    assert!(dom.contains("outputs/model/kiln.json"), "artifacts listed: {dom}");
+    assert!(
+        dom.contains("outputs/model/kiln.json"),
+        "artifacts listed: {dom}"
+    );
     assert!(dom.contains("\"lr\": 0.1"), "parameters shown: {dom}");
-    assert!(dom.contains("kiln train --data images"), "the command shown: {dom}");
+    assert!(
+        dom.contains("kiln train --data images"),
+        "the command shown: {dom}"
+    );
 
-    let dom = browse(&chromium, &format!("{}/#/compare/{a},{b}", ui.url), &shot("compare"));
+    let dom = browse(
+        &chromium,
+        &format!("{}/#/compare/{a},{b}", ui.url),
+        &shot("compare"),
+    );
     assert_clean(&dom, &format!("#/compare/{a},{b}"));
     assert_eq!(count(&dom, "<canvas"), 4, "{dom}");
-    assert!(dom.contains("resnet18-lr0.1 val/acc") && dom.contains("resnet18-lr0.01 val/acc"), "{dom}");
+    assert!(
+        dom.contains("resnet18-lr0.1 val/acc") && dom.contains("resnet18-lr0.01 val/acc"),
+        "{dom}"
+    );
 
     let dom = browse(&chromium, &format!("{}/#/models", ui.url), &shot("models"));
     assert_clean(&dom, "#/models");
@@ -254,17 +310,27 @@ fn a_thousand_runs_of_ten_thousand_values_render_in_under_two_seconds() {
         h.finish(&id, RunStatus::Completed, Some(0), None).unwrap();
     }
     drop(h);
-    println!("1,000 runs x 10,000 values written in {:.1} s", filled.elapsed().as_secs_f64());
+    println!(
+        "1,000 runs x 10,000 values written in {:.1} s",
+        filled.elapsed().as_secs_f64()
+    );
     let ui = Ui::start(&home);
     let api = Instant::now();
     let body = http_get(&ui.url, "/api/runs");
     let runs: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(runs.as_array().unwrap().len(), 1000);
-    println!("GET /api/runs (1,000 runs): {:.0} ms", api.elapsed().as_secs_f64() * 1e3);
+    println!(
+        "GET /api/runs (1,000 runs): {:.0} ms",
+        api.elapsed().as_secs_f64() * 1e3
+    );
     // The page stamps the time from navigation to the table drawn (`data-render-ms`).
     let mut times = Vec::new();
     for i in 0..3 {
-        let dom = browse(&chromium, &format!("{}/#/", ui.url), &dir.join(format!("thousand-{i}.png")));
+        let dom = browse(
+            &chromium,
+            &format!("{}/#/", ui.url),
+            &dir.join(format!("thousand-{i}.png")),
+        );
         assert_clean(&dom, "#/");
         assert_eq!(count(&dom, "<tr class=\"run\""), 1000);
         let ms: f64 = dom
@@ -276,6 +342,9 @@ fn a_thousand_runs_of_ten_thousand_values_render_in_under_two_seconds() {
         times.push(ms);
     }
     times.sort_by(f64::total_cmp);
-    println!("runs table of 1,000 runs drawn in {:?} ms (median {} ms)", times, times[1]);
+    println!(
+        "runs table of 1,000 runs drawn in {:?} ms (median {} ms)",
+        times, times[1]
+    );
     assert!(times[1] < 2000.0, "median {} ms", times[1]);
 }

@@ -1,9 +1,10 @@
 //! `RunHistory`: experiments, runs, metrics, artifacts and registered models in one SQLite
 //! database (`$KILN_HOME/kiln.db`, WAL, a busy timeout so several writers wait their turn),
-//! with a schema version and forward migrations.
+//! with a schema version and forward migrations. Opening it (read-write, read-only, or anew
+//! for `kiln runs recover`) is in `history/open.rs`.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
@@ -11,8 +12,14 @@ use serde::{Deserialize, Serialize};
 use kiln_engine::train::metrics::json_value;
 
 use crate::error::RunsError;
-use crate::schema::MIGRATIONS;
 use crate::{RunStatus, now};
+
+mod open;
+
+pub use open::DB_FILE;
+
+/// How often a live submitter records that it is alive ([`RunHistory::heartbeat`]).
+pub const HEARTBEAT: Duration = Duration::from_secs(5);
 
 /// One run as the history holds it.
 #[derive(Debug, Clone, Serialize)]
@@ -117,35 +124,12 @@ pub struct NewRun<'a> {
     pub job: &'a str,
 }
 
-/// A history made anew (no file, or an empty one) where run or model directories already
-/// exist would read as "no runs yet" while they are on disk, and hand out version numbers
-/// the registry already has: refused, naming what is there.
-fn refuse_a_fresh_history_over(home: &Path, db: &Path) -> Result<(), RunsError> {
-    let count = |dir: &Path| {
-        std::fs::read_dir(dir).map_or(0, |entries| {
-            entries
-                .flatten()
-                .filter(|e| e.path().is_dir() && !e.file_name().to_string_lossy().starts_with('.'))
-                .count()
-        })
-    };
-    let (runs, models) = (count(&home.join("runs")), count(&home.join("models")));
-    if runs + models == 0 {
-        return Ok(());
-    }
-    Err(RunsError::Runs(format!(
-        "the run history {} is missing or empty, but {} holds {runs} run(s) and {models} \
-         model(s): the history was lost; kiln will not start a new one over them (runs would \
-         be forgotten and registered versions written over)",
-        db.display(),
-        home.display()
-    )))
-}
-
 /// The run history database.
 pub struct RunHistory {
     pub(super) conn: Connection,
     home: PathBuf,
+    /// Opened with [`RunHistory::open_read_only`]: nothing is written.
+    read_only: bool,
 }
 
 pub(super) fn db_error(e: rusqlite::Error) -> RunsError {
@@ -153,62 +137,6 @@ pub(super) fn db_error(e: rusqlite::Error) -> RunsError {
 }
 
 impl RunHistory {
-    /// Opens (creating and migrating) the database under `home`.
-    pub fn open(home: &Path) -> Result<Self, RunsError> {
-        if home.exists() && !home.is_dir() {
-            return Err(RunsError::Runs(format!(
-                "KILN_HOME {} is a file; expected a directory for the run history (set \
-                 KILN_HOME to another path)",
-                home.display()
-            )));
-        }
-        std::fs::create_dir_all(home).map_err(|e| RunsError::io(home, e))?;
-        let path = home.join("kiln.db");
-        let damaged = |e: &dyn std::fmt::Display| {
-            RunsError::Runs(format!(
-                "the run history {} cannot be read ({e}); the runs and models on disk are \
-                 untouched: move the file aside and rebuild the history from them",
-                path.display()
-            ))
-        };
-        let fresh = !path.exists() || std::fs::metadata(&path).is_ok_and(|m| m.len() == 0);
-        if fresh {
-            refuse_a_fresh_history_over(home, &path)?;
-        }
-        let mut conn = Connection::open(&path).map_err(|e| damaged(&e))?;
-        conn.busy_timeout(Duration::from_secs(60))
-            .map_err(db_error)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(|e| damaged(&e))?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(db_error)?;
-        conn.pragma_update(None, "foreign_keys", "ON")
-            .map_err(db_error)?;
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db_error)?;
-        let version = tx
-            .query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))
-            .map_err(db_error)? as usize;
-        if version > MIGRATIONS.len() {
-            return Err(RunsError::Runs(format!(
-                "the run history {} has schema version {version}; this kiln knows up to {}",
-                path.display(),
-                MIGRATIONS.len()
-            )));
-        }
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
-            tx.execute_batch(sql).map_err(db_error)?;
-            tx.pragma_update(None, "user_version", (i + 1) as i64)
-                .map_err(db_error)?;
-        }
-        tx.commit().map_err(db_error)?;
-        Ok(Self {
-            conn,
-            home: home.to_path_buf(),
-        })
-    }
-
     /// `$KILN_HOME`.
     pub fn home(&self) -> &Path {
         &self.home
@@ -318,6 +246,7 @@ impl RunHistory {
     }
 
     /// Moves a run to its final state, unless it already has one; returns whether it moved.
+    /// The run's directory keeps the row as it ended too (see [`crate::recover`]).
     pub fn finish(
         &self,
         id: &str,
@@ -334,6 +263,55 @@ impl RunHistory {
                 params![id, status.as_str(), t, exit_code, error],
             )
             .map_err(db_error)?;
+        if n == 1 {
+            crate::recover::keep_end_record(self, id);
+        }
+        Ok(n == 1)
+    }
+
+    /// Records that run `id`'s submitter is alive, at most once every [`HEARTBEAT`] since
+    /// `*last`: a lost run's end is taken from it (`updated`).
+    pub fn heartbeat(&self, id: &str, last: &mut Instant) -> Result<(), RunsError> {
+        if last.elapsed() < HEARTBEAT {
+            return Ok(());
+        }
+        *last = Instant::now();
+        self.conn
+            .execute(
+                "UPDATE runs SET updated = ?2
+                 WHERE id = ?1 AND status NOT IN ('Completed', 'Failed', 'Canceled')",
+                params![id, now()],
+            )
+            .map(drop)
+            .map_err(db_error)
+    }
+
+    /// Marks a run `Failed` (lost): its submitter, pid `submitter`, died without finishing it.
+    /// The run ended when the submitter was last seen alive, `seen_alive`, not when the loss
+    /// was noticed. Returns whether it moved (a run that already ended stays as it was).
+    pub fn mark_lost(
+        &self,
+        id: &str,
+        submitter: Option<i64>,
+        seen_alive: f64,
+    ) -> Result<bool, RunsError> {
+        let why = format!(
+            "lost: the kiln submit process (pid {}) on {} stopped without finishing the run",
+            submitter.unwrap_or(0),
+            kiln_engine::dist::wire::hostname()
+        );
+        let n = self
+            .conn
+            .execute(
+                "UPDATE runs SET status = ?2, ended = max(?3, coalesce(started, ?3)),
+                    updated = ?4, error = ?5
+                 WHERE id = ?1 AND status NOT IN ('Completed', 'Failed', 'Canceled')",
+                params![id, RunStatus::Failed.as_str(), seen_alive, now(), why],
+            )
+            .map_err(db_error)?;
+        if n == 1 {
+            crate::recover::keep_end_record(self, id);
+        }
         Ok(n == 1)
     }
 
@@ -580,36 +558,38 @@ impl RunHistory {
     }
 
     /// Runs that say they are active on this machine but whose submitter holds no lock:
-    /// their `kiln submit` was killed. Each becomes `Failed` (lost); returns their ids.
+    /// their `kiln submit` was killed, and their guard too (or it would have marked them).
+    /// Each becomes `Failed` (lost), ended at its last heartbeat; returns their ids. A
+    /// read-only history marks nothing: whoever can write it will.
     pub fn reap_lost(&self) -> Result<Vec<String>, RunsError> {
+        if self.read_only {
+            return Ok(Vec::new());
+        }
         let host = kiln_engine::dist::wire::hostname();
         let mut q = self
             .conn
             .prepare(
-                "SELECT id, submitter_pid, process_group FROM runs
+                "SELECT id, submitter_pid, process_group, updated FROM runs
                  WHERE status IN ('Queued', 'Preparing', 'Running', 'Finalizing')
                    AND host = ?1 AND updated < ?2",
             )
             .map_err(db_error)?;
         // A grace period covers the hand-over from `kiln submit --detach` to its worker.
-        let candidates: Vec<(String, Option<i64>, Option<i64>)> = q
+        type Candidate = (String, Option<i64>, Option<i64>, f64);
+        let candidates: Vec<Candidate> = q
             .query_map(params![host, now() - 5.0], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
             })
             .map_err(db_error)?
             .collect::<Result<_, _>>()
             .map_err(db_error)?;
         let mut lost = Vec::new();
-        for (id, pid, group) in candidates {
+        for (id, pid, group, updated) in candidates {
             let lock = super::run_dir(&self.home, &id).join(super::LOCK_FILE);
             if super::SubmitterLock::is_held(&lock) {
                 continue;
             }
-            let why = format!(
-                "lost: the kiln submit process (pid {}) on {host} stopped without finishing the run",
-                pid.unwrap_or(0)
-            );
-            if self.finish(&id, RunStatus::Failed, None, Some(&why))? {
+            if self.mark_lost(&id, pid, updated)? {
                 if let Some(group) = group {
                     super::stop_orphans(group, &id);
                 }
@@ -628,25 +608,6 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("kiln-history-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         dir
-    }
-
-    #[test]
-    fn migrates_once_and_refuses_a_newer_schema() {
-        let dir = home("schema");
-        let history = RunHistory::open(&dir).unwrap();
-        assert_eq!(history.schema_version().unwrap(), MIGRATIONS.len());
-        drop(history);
-        assert_eq!(
-            RunHistory::open(&dir).unwrap().schema_version().unwrap(),
-            MIGRATIONS.len(),
-            "reopening runs no migration twice"
-        );
-        let conn = Connection::open(dir.join("kiln.db")).unwrap();
-        conn.pragma_update(None, "user_version", 99i64).unwrap();
-        drop(conn);
-        let e = RunHistory::open(&dir).err().unwrap().to_string();
-        assert!(e.contains("schema version 99"), "{e}");
-        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use kiln_engine::dist::WorldInfo;
 use kiln_engine::env::{self, RunContext};
@@ -94,16 +94,21 @@ pub fn log_metric(name: &str, value: f64, step: Option<i64>) -> Result<PathBuf, 
         value: (!value.is_nan()).then_some(value),
         time: Some(super::now()),
     };
-    let mut line = serde_json::to_string(&metric).expect("a metric serialises");
+    append_metric(&path, &metric)?;
+    Ok(path)
+}
+
+/// Appends `metric` to the metrics file at `path` as one line, in a single write.
+pub(crate) fn append_metric(path: &Path, metric: &Metric) -> Result<(), RunsError> {
+    let mut line = serde_json::to_string(metric).expect("a metric serialises");
     line.push('\n');
     let mut file = File::options()
         .create(true)
         .append(true)
-        .open(&path)
-        .map_err(|e| RunsError::io(&path, e))?;
+        .open(path)
+        .map_err(|e| RunsError::io(path, e))?;
     file.write_all(line.as_bytes())
-        .map_err(|e| RunsError::io(&path, e))?;
-    Ok(path)
+        .map_err(|e| RunsError::io(path, e))
 }
 
 #[cfg(test)]

@@ -9,23 +9,31 @@
 //! - [`snapshot`]: copying `source_directory` into the run (`.kilnignore`, size limit, git state).
 //! - [`command`]: the command line a job runs as (local, `mpirun`, an `sbatch` script).
 //! - [`submit`]: a run's life, with logs streamed and metrics ingested while it goes; cancel.
+//! - [`guard`]: `kiln guard`, between a submitter and its program, so a killed submitter takes
+//!   every process of its run with it and marks the run lost.
 //! - [`lock`]: the lock a live submitter holds, and stopping what a killed one left behind.
+//! - `procs`: the process table from `/proc` (parents, groups, a process's run).
 //! - [`ingest`]: metrics read from `logs/metrics.jsonl` as programs append them.
 //! - [`history`]: [`RunHistory`], the SQLite run history (experiments, runs, metrics, artifacts).
 //! - [`sweep`]: hyperparameter sweeps: parameter spaces, sampling, early-termination policies.
 //! - [`registry`]: [`ModelRegistry`], versioned model files with SHA-256.
+//! - [`recover`]: `kiln runs recover`, the run history rebuilt from the runs and models on disk.
 //! - [`error`]: the job runner's error type, [`RunsError`].
 //!
 //! A run lives in `$KILN_HOME/runs/<id>/`: `snapshot/` (the working directory, with `outputs`
-//! and `logs` linked to the run's own), `outputs/`, `logs/` (`output.log`, `metrics.jsonl`).
+//! and `logs` linked to the run's own), `outputs/`, `logs/` (`output.log`, `metrics.jsonl`), and
+//! once it has ended `run.json`, its row as the history holds it.
 
 pub mod command;
 pub mod error;
+pub mod guard;
 pub mod history;
 pub mod home;
 pub mod ingest;
 pub mod job;
 pub mod lock;
+mod procs;
+pub mod recover;
 pub mod registry;
 mod schema;
 pub mod snapshot;

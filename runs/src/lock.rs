@@ -5,6 +5,8 @@ use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
+use crate::procs;
+
 /// The file a live `kiln submit` holds locked for its run's whole life.
 pub const LOCK_FILE: &str = ".submitter.lock";
 
@@ -12,38 +14,20 @@ pub const LOCK_FILE: &str = ".submitter.lock";
 /// `KILN_RUN_ID` (checked in `/proc`, so a recycled group id is never hit): what a killed
 /// submitter's program left behind. Returns how many were signalled.
 pub fn stop_orphans(pgid: i64, id: &str) -> usize {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return 0;
-    };
-    let marker = format!("KILN_RUN_ID={id}");
-    let mut stopped = 0;
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|p| p.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        // Fields after the command name (which may hold spaces): state, ppid, pgrp, ...
-        let group = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(2))
-            .and_then(|g| g.parse::<i64>().ok());
-        if group != Some(pgid) {
-            continue;
-        }
-        let ours = std::fs::read(entry.path().join("environ"))
-            .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == marker.as_bytes()));
+    signal_run(id, Some(pgid), libc::SIGTERM)
+}
+
+/// Sends `signal` to every process (of group `group`, when given) that carries run `id`'s
+/// `KILN_RUN_ID`, this one excepted; returns how many were signalled.
+pub fn signal_run(id: &str, group: Option<i64>, signal: i32) -> usize {
+    let me = std::process::id() as i32;
+    procs::table()
+        .into_iter()
+        .filter(|p| p.pid != me && group.is_none_or(|g| i64::from(p.group) == g))
+        .filter(|p| procs::of_run(p.pid, id))
         // SAFETY: signals one process of this run, identified by its environment.
-        if ours && unsafe { libc::kill(pid, libc::SIGTERM) } == 0 {
-            stopped += 1;
-        }
-    }
-    stopped
+        .filter(|p| unsafe { libc::kill(p.pid, signal) } == 0)
+        .count()
 }
 
 /// An exclusive `flock` on a run's lock file, held while its `kiln submit` lives; the kernel

@@ -1,6 +1,7 @@
 //! `ModelRegistry`: named, versioned copies of a run's model files under
 //! `$KILN_HOME/models/<name>/<version>/`, each file's SHA-256 kept in the run history and
-//! checked again when the model is downloaded.
+//! checked again when the model is downloaded. Beside each version, `<version>.json` keeps
+//! what the history holds of it, for `kiln runs recover`.
 
 use std::io::{Read, Write};
 use std::path::{Component, Path, PathBuf};
@@ -9,8 +10,8 @@ use sha2::{Digest, Sha256};
 
 use crate::error::RunsError;
 use crate::job::check_name;
-use rusqlite::{OptionalExtension, TransactionBehavior, params};
-use serde::Serialize;
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use serde::{Deserialize, Serialize};
 
 use crate::history::db_error;
 use crate::{RunHistory, now};
@@ -60,18 +61,23 @@ impl<'a> ModelRegistry<'a> {
                 source.display()
             )));
         }
-        let placed = |version: i64| {
+        let placed = |version: i64, record: &Registration| {
             let dest = models.join(version.to_string());
             // The history has no such version, yet a directory is there: never written over
             // (it may hold a registered model the history lost).
             if dest.exists() {
                 return Err(RunsError::Runs(format!(
                     "{} already exists but the run history has no {name}:{version}; it is left \
-                     as it is (move it aside to register again)",
+                     as it is (move it aside to register again, or `kiln runs recover` to \
+                     rebuild the history from what is on disk)",
                     dest.display()
                 )));
             }
-            std::fs::rename(&staging, &dest).map_err(|e| RunsError::io(&dest, e))
+            let record_path = record.write(&models, version)?;
+            std::fs::rename(&staging, &dest).map_err(|e| {
+                let _ = std::fs::remove_file(&record_path);
+                RunsError::io(&dest, e)
+            })
         };
         let result = self
             .history
@@ -222,7 +228,7 @@ fn copy_tree(
 }
 
 /// The size and lowercase hex SHA-256 of a file.
-fn hash_file(path: &Path) -> Result<(u64, String), RunsError> {
+pub(crate) fn hash_file(path: &Path) -> Result<(u64, String), RunsError> {
     let mut input = std::fs::File::open(path).map_err(|e| RunsError::io(path, e))?;
     let mut hasher = Sha256::new();
     let size = std::io::copy(&mut input, &mut hasher).map_err(|e| RunsError::io(path, e))?;
@@ -256,7 +262,7 @@ pub fn copy_hashed(from: &Path, to: &Path) -> Result<(u64, String), RunsError> {
 }
 
 /// One file of a registered model.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModelFile {
     /// Path inside the model, `/`-separated.
     pub path: String,
@@ -285,17 +291,86 @@ pub struct ModelRecord {
     pub size: u64,
 }
 
+/// What the history holds of one registered version, kept beside its directory as
+/// `models/<name>/<version>.json` (a sibling, so it never mixes with the model's own files).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Registration {
+    /// The run it came from.
+    pub run_id: Option<String>,
+    /// The path inside the run it was copied from.
+    pub source_path: String,
+    /// When it was registered, in seconds since the Unix epoch.
+    #[serde(with = "crate::recover::exact_time")]
+    pub created: f64,
+    /// Its files, with the SHA-256 each had when registered.
+    pub files: Vec<ModelFile>,
+}
+
+impl Registration {
+    /// Where version `version`'s record is, in `models` (`models/<name>`).
+    pub(crate) fn path(models: &Path, version: i64) -> PathBuf {
+        models.join(format!("{version}.json"))
+    }
+
+    /// Writes the record (whole, then renamed into place); returns its path.
+    fn write(&self, models: &Path, version: i64) -> Result<PathBuf, RunsError> {
+        let path = Self::path(models, version);
+        let partial = models.join(format!(".{version}.json.partial"));
+        let json = serde_json::to_string_pretty(self).expect("a registration serialises");
+        std::fs::write(&partial, json).map_err(|e| RunsError::io(&partial, e))?;
+        std::fs::rename(&partial, &path).map_err(|e| RunsError::io(&path, e))?;
+        Ok(path)
+    }
+
+    /// Version `version`'s record, if it has a readable one.
+    pub(crate) fn read(models: &Path, version: i64) -> Option<Self> {
+        let text = std::fs::read_to_string(Self::path(models, version)).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+}
+
+/// Records version `version` of model `name` with its files, inside the caller's transaction.
+fn insert_version(
+    tx: &Connection,
+    name: &str,
+    version: i64,
+    record: &Registration,
+) -> Result<(), RunsError> {
+    tx.execute(
+        "INSERT INTO models (name, version, run_id, source_path, created)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            name,
+            version,
+            record.run_id,
+            record.source_path,
+            record.created
+        ],
+    )
+    .map_err(db_error)?;
+    for f in &record.files {
+        tx.execute(
+            "INSERT INTO model_files (name, version, path, size, sha256)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![name, version, f.path, f.size as i64, f.sha256],
+        )
+        .map_err(db_error)?;
+    }
+    Ok(())
+}
+
 /// The registry's tables in the run history.
 impl RunHistory {
     /// The next version number of model `name`, and records it with its files, in one
-    /// transaction (so two registrations never get the same version).
+    /// transaction (so two registrations never get the same version). `place(version, record)`
+    /// puts the files where that version lives before the transaction commits.
     pub fn add_model(
         &mut self,
         name: &str,
         run_id: Option<&str>,
         source_path: &str,
         files: &[ModelFile],
-        place: impl FnOnce(i64) -> Result<(), RunsError>,
+        place: impl FnOnce(i64, &Registration) -> Result<(), RunsError>,
     ) -> Result<i64, RunsError> {
         let tx = self
             .conn
@@ -308,23 +383,32 @@ impl RunHistory {
                 |r| r.get(0),
             )
             .map_err(db_error)?;
-        tx.execute(
-            "INSERT INTO models (name, version, run_id, source_path, created)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![name, version, run_id, source_path, now()],
-        )
-        .map_err(db_error)?;
-        for f in files {
-            tx.execute(
-                "INSERT INTO model_files (name, version, path, size, sha256)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![name, version, f.path, f.size as i64, f.sha256],
-            )
-            .map_err(db_error)?;
-        }
-        place(version)?;
+        let record = Registration {
+            run_id: run_id.map(str::to_string),
+            source_path: source_path.to_string(),
+            created: now(),
+            files: files.to_vec(),
+        };
+        insert_version(&tx, name, version, &record)?;
+        place(version, &record)?;
         tx.commit().map_err(db_error)?;
         Ok(version)
+    }
+
+    /// Records version `version` of model `name` as `record` says, its files already in place
+    /// (`kiln runs recover`).
+    pub(crate) fn add_model_version(
+        &mut self,
+        name: &str,
+        version: i64,
+        record: &Registration,
+    ) -> Result<(), RunsError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db_error)?;
+        insert_version(&tx, name, version, record)?;
+        tx.commit().map_err(db_error)
     }
 
     /// Registered models, newest version of each name first.

@@ -1,10 +1,10 @@
 //! A run's lifecycle state: `Queued -> Preparing -> Running -> Finalizing -> Completed |
 //! Failed | Canceled`.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A run's lifecycle state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RunStatus {
     /// Recorded, not started.
     Queued,

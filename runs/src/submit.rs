@@ -1,12 +1,12 @@
 //! A run's life. [`prepare`] records it (`Queued`), snapshots the source (`Preparing`) and
-//! writes what the command needs; [`execute`] starts the program (`Running`) with the snapshot
-//! as its working directory, streams its output to the terminal and `logs/output.log`, ingests
-//! `logs/metrics.jsonl` as it grows, stops it when canceled, and records exit code, duration and
-//! artifacts (`Finalizing`, then `Completed`, `Failed` or `Canceled`).
+//! writes what the command needs; [`execute`] starts the program (`Running`) under its guard
+//! ([`crate::guard`]) with the snapshot as its working directory, streams its output to the
+//! terminal and `logs/output.log`, ingests `logs/metrics.jsonl` as it grows, stops it when
+//! canceled, and records exit code, duration and artifacts (`Finalizing`, then `Completed`,
+//! `Failed` or `Canceled`).
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::command::{self, Launch};
 use crate::error::RunsError;
+use crate::guard::{Guarded, ProgramEnd};
 use crate::history::{NewRun, RunHistory};
 use crate::home::RunPaths;
 use crate::ingest::MetricsTail;
@@ -110,10 +111,10 @@ fn write_run_files(history: &RunHistory, job: &JobSpec, paths: &RunPaths) -> Res
     Ok(())
 }
 
-/// Runs prepared run `id` to its end. `kiln` is the executable for built-in training and the
-/// launcher; `echo` streams the program's output to this process's stdout and stderr; `lock`
-/// is the submitter lock [`prepare`] took (taken here when `None`). Any error on the way is
-/// recorded as the run's failure.
+/// Runs prepared run `id` to its end. `kiln` is the executable for built-in training, the
+/// launcher and the run's guard (`kiln guard`); `echo` streams the program's output to this
+/// process's stdout and stderr; `lock` is the submitter lock [`prepare`] took (taken here when
+/// `None`). Any error on the way is recorded as the run's failure.
 pub fn execute(
     history: &mut RunHistory,
     id: &str,
@@ -167,16 +168,24 @@ fn execute_locked(
             Err(e) => Ended::failed(e.to_string()),
             Ok(launch) => {
                 let command_line = launch.display();
+                let mut beat = Instant::now();
                 let mut watch =
                     |history: &mut RunHistory| -> Result<bool, RunsError> {
                         metrics += history.add_metrics(&paths.id, &ingest.poll())?;
+                        history.heartbeat(&paths.id, &mut beat)?;
                         Ok(INTERRUPTED.load(Ordering::SeqCst)
                             || history.cancel_requested(&paths.id)?)
                     };
                 match &launch {
-                    Launch::Process { .. } => {
-                        run_process(history, &paths, &launch, &command_line, echo, &mut watch)?
-                    }
+                    Launch::Process { .. } => run_process(
+                        history,
+                        &paths,
+                        &launch,
+                        kiln,
+                        &command_line,
+                        echo,
+                        &mut watch,
+                    )?,
                     Launch::Slurm { script } => {
                         run_slurm(history, &paths, script, echo, &mut watch)?
                     }
@@ -216,10 +225,10 @@ fn execute_locked(
 }
 
 /// The end of the program: state, exit code and why.
-struct Ended {
-    status: RunStatus,
-    exit_code: Option<i64>,
-    error: Option<String>,
+pub(crate) struct Ended {
+    pub(crate) status: RunStatus,
+    pub(crate) exit_code: Option<i64>,
+    pub(crate) error: Option<String>,
 }
 
 impl Ended {
@@ -231,7 +240,7 @@ impl Ended {
         }
     }
 
-    fn failed(error: String) -> Self {
+    pub(crate) fn failed(error: String) -> Self {
         Self {
             status: RunStatus::Failed,
             exit_code: None,
@@ -239,7 +248,7 @@ impl Ended {
         }
     }
 
-    fn from_code(code: i64, signal: Option<i32>, canceled: bool) -> Self {
+    pub(crate) fn from_code(code: i64, signal: Option<i32>, canceled: bool) -> Self {
         if canceled {
             return Self {
                 exit_code: Some(code),
@@ -272,48 +281,48 @@ fn run_process(
     history: &mut RunHistory,
     paths: &RunPaths,
     launch: &Launch,
+    kiln: &Path,
     command_line: &str,
     echo: bool,
     watch: &mut Watch,
 ) -> Result<Ended, RunsError> {
-    let Launch::Process { program, .. } = launch else {
+    let Launch::Process { program, args, env } = launch else {
         unreachable!("run_process gets a process");
     };
-    let mut cmd = program_command(launch, paths);
-    let mut child = match cmd.spawn() {
-        Ok(child) => child,
-        Err(e) => {
-            let why = format!("cannot start {}: {e}", program.display());
+    let mut guarded = match Guarded::start(kiln, paths, program, args, env) {
+        Ok(guarded) => guarded,
+        Err(why) => {
             append_log(paths, &format!("kiln: {why}\n"));
             return Ok(Ended::failed(why));
         }
     };
-    let pgid = child.id() as i64;
-    history.set_running(&paths.id, command_line, Some(pgid), None)?;
+    let pgid = guarded.pgid;
+    history.set_running(&paths.id, command_line, Some(pgid.into()), None)?;
     let log = open_log(paths)?;
+    let (stdout, stderr) = guarded.output();
     let pumps = [
         pump(
-            child.stdout.take(),
+            stdout,
             log.clone(),
             echo.then(|| Box::new(std::io::stdout()) as Box<dyn Write + Send>),
         ),
         pump(
-            child.stderr.take(),
+            stderr,
             log,
             echo.then(|| Box::new(std::io::stderr()) as Box<dyn Write + Send>),
         ),
     ];
-    // A waiter thread reports the exit at once; the loop wakes at least every 200 ms to
+    // A waiter thread reports the end at once; the loop wakes at least every 200 ms to
     // ingest metrics and look for a cancel.
-    let (exited, exit) = std::sync::mpsc::channel();
+    let (report, reported) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let _ = exited.send(child.wait());
+        let _ = report.send(guarded.wait());
     });
     let mut canceled_at: Option<Instant> = None;
     let mut killed = false;
-    let status = loop {
-        match exit.recv_timeout(Duration::from_millis(200)) {
-            Ok(status) => break status.map_err(|e| RunsError::Runs(e.to_string()))?,
+    let end = loop {
+        match reported.recv_timeout(Duration::from_millis(200)) {
+            Ok(end) => break end,
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
                 return Err(RunsError::Runs("lost track of the program".into()));
@@ -324,83 +333,47 @@ fn run_process(
                 Some(t) => t,
                 None => {
                     // SAFETY: signals the run's own process group.
-                    unsafe { libc::killpg(pgid as i32, libc::SIGTERM) };
+                    unsafe { libc::killpg(pgid, libc::SIGTERM) };
                     *canceled_at.insert(Instant::now())
                 }
             };
             if !killed && first.elapsed() > KILL_GRACE {
                 // SAFETY: as above; the group ignored SIGTERM for the whole grace period.
-                unsafe { libc::killpg(pgid as i32, libc::SIGKILL) };
+                unsafe { libc::killpg(pgid, libc::SIGKILL) };
                 killed = true;
             }
         }
     };
-    stop_leftovers(pgid, pumps);
-    let code = status
-        .code()
-        .map(i64::from)
-        .or(status.signal().map(|s| 128 + i64::from(s)))
-        .unwrap_or(1);
-    // `kiln runs cancel` signals the group itself: the program may end before the flag is seen.
-    let canceled = canceled_at.is_some() || watch(history)?;
-    Ok(Ended::from_code(code, status.signal(), canceled))
-}
-
-/// The program's command: in the snapshot, in a process group of its own, output piped, and
-/// set to die with its submitter.
-fn program_command(launch: &Launch, paths: &RunPaths) -> Command {
-    let Launch::Process { program, args, env } = launch else {
-        unreachable!("a process launch");
-    };
-    let mut cmd = Command::new(program);
-    cmd.args(args)
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .current_dir(&paths.snapshot)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    if program.as_os_str() == "mpirun" && unsafe { libc::geteuid() } == 0 {
-        // Open MPI refuses root unless asked twice; containers often run as root.
-        cmd.env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-            .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
-    }
-    // SAFETY: prctl, getppid and raise are async-signal-safe. The program dies with its
-    // submitter; if the submitter died before prctl ran, the program stops at once.
-    let submitter = std::process::id() as libc::pid_t;
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if libc::getppid() != submitter {
-                libc::raise(libc::SIGTERM);
-            }
-            Ok(())
-        });
-    }
-    cmd
-}
-
-/// The program is done; whatever it left running in its group (a `sleep &`, a server) ends
-/// with it, so nothing keeps the output pipes open.
-fn stop_leftovers(pgid: i64, pumps: [std::thread::JoinHandle<()>; 2]) {
-    let mut leftovers = 0;
-    while pumps.iter().any(|p| !p.is_finished()) {
-        let signal = match leftovers {
-            0 => Some(libc::SIGTERM),
-            25 => Some(libc::SIGKILL),
-            _ => None,
-        };
-        if let Some(signal) = signal {
-            // SAFETY: signals the run's own process group; its leader has been reaped, the
-            // group lives on only while members do.
-            unsafe { libc::killpg(pgid as i32, signal) };
+    match end {
+        ProgramEnd::Exited { code, signal } => {
+            wait_for_output(pumps);
+            // `kiln runs cancel` signals the group itself: the program may end before the flag
+            // is seen.
+            let canceled = canceled_at.is_some() || watch(history)?;
+            Ok(Ended::from_code(code, signal, canceled))
         }
-        leftovers += 1;
-        std::thread::sleep(Duration::from_millis(40));
+        ProgramEnd::GuardDied(why) => {
+            // Nothing stops what the program left running but this: everything that carries
+            // the run's id, in its group or not.
+            // SAFETY: signals the run's own process group.
+            unsafe { libc::killpg(pgid, libc::SIGKILL) };
+            crate::lock::signal_run(&paths.id, None, libc::SIGKILL);
+            wait_for_output(pumps);
+            let why = format!("{why}; kiln stopped the program");
+            append_log(paths, &format!("kiln: {why}\n"));
+            Ok(Ended::failed(why))
+        }
     }
-    for p in pumps {
+}
+
+/// Waits for the program's output to end. Its guard stopped every process that could hold it
+/// open; one handed to a service outside the run's process tree is not waited for long.
+fn wait_for_output(pumps: [std::thread::JoinHandle<()>; 2]) {
+    let start = Instant::now();
+    while pumps.iter().any(|p| !p.is_finished()) && start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for p in pumps.into_iter().filter(|p| p.is_finished()) {
         let _ = p.join();
     }
 }
@@ -558,7 +531,7 @@ fn pump(
 }
 
 /// Every file under the run's `outputs/` and `logs/`, relative to the run, with its size.
-fn artifacts(paths: &RunPaths) -> Vec<(String, u64)> {
+pub(crate) fn artifacts(paths: &RunPaths) -> Vec<(String, u64)> {
     fn walk(root: &Path, rel: &Path, out: &mut Vec<(String, u64)>) {
         let Ok(entries) = std::fs::read_dir(root.join(rel)) else {
             return;

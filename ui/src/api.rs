@@ -48,7 +48,7 @@ impl State {
     ) -> Result<T, ApiError> {
         let home = self.home.clone();
         tokio::task::spawn_blocking(move || {
-            let history = RunHistory::open(&home)?;
+            let history = RunHistory::open_to_read(&home)?;
             history.reap_lost()?;
             f(&history)
         })
@@ -102,7 +102,9 @@ async fn runs(
                     continue;
                 }
                 let mut v = serde_json::to_value(&r).map_err(internal)?;
-                v["sweep_id"] = sweep_of.get(&r.id).map_or(Value::Null, |s| s.as_str().into());
+                v["sweep_id"] = sweep_of
+                    .get(&r.id)
+                    .map_or(Value::Null, |s| s.as_str().into());
                 out.push(v);
             }
             Ok(Json(Value::Array(out)))
@@ -120,7 +122,10 @@ async fn run(
             let mut v = serde_json::to_value(&r).map_err(internal)?;
             v["artifacts"] = serde_json::to_value(h.artifacts(&r.id)?).map_err(internal)?;
             v["job"] = serde_json::from_str(&r.job).unwrap_or(Value::String(r.job.clone()));
-            v["sweep_id"] = h.sweep_of_trials()?.get(&r.id).map_or(Value::Null, |s| s.as_str().into());
+            v["sweep_id"] = h
+                .sweep_of_trials()?
+                .get(&r.id)
+                .map_or(Value::Null, |s| s.as_str().into());
             Ok(Json(v))
         })
         .await
@@ -133,7 +138,9 @@ async fn metrics(
     state
         .with_history(move |h| {
             let id = h.resolve(&id)?;
-            Ok(Json(serde_json::to_value(h.metrics(&id)?).map_err(internal)?))
+            Ok(Json(
+                serde_json::to_value(h.metrics(&id)?).map_err(internal)?,
+            ))
         })
         .await
 }
@@ -221,7 +228,11 @@ async fn model_file(
             if h.model_files(&name, Some(version))?.is_none() {
                 return Err(ApiError::not_found(format!("no model {name}:{version}")));
             }
-            let dir = h.home().join("models").join(&name).join(version.to_string());
+            let dir = h
+                .home()
+                .join("models")
+                .join(&name)
+                .join(version.to_string());
             file_in(&dir, &path)
         })
         .await
@@ -235,7 +246,9 @@ fn file_in(root: &std::path::Path, rel: &str) -> Result<Response, ApiError> {
         return Err(ApiError::not_found(format!("no file '{rel}' here")));
     };
     let bytes = std::fs::read(&path).map_err(internal)?;
-    let name = path.file_name().map_or("file".into(), |n| n.to_string_lossy().into_owned());
+    let name = path
+        .file_name()
+        .map_or("file".into(), |n| n.to_string_lossy().into_owned());
     let kind = match path.extension().and_then(|e| e.to_str()) {
         Some("png") => "image/png",
         Some("json") => "application/json",
@@ -245,7 +258,10 @@ fn file_in(root: &std::path::Path, rel: &str) -> Result<Response, ApiError> {
     Ok((
         [
             (header::CONTENT_TYPE, kind.to_string()),
-            (header::CONTENT_DISPOSITION, format!("inline; filename=\"{}\"", name.replace('"', ""))),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("inline; filename=\"{}\"", name.replace('"', "")),
+            ),
         ],
         bytes,
     )

@@ -23,7 +23,10 @@ pub async fn require_token(
         return next.run(request).await;
     };
     let path = request.uri().path();
-    if path == "/" || path == "/login" || presented(request.headers()).is_some_and(|t| same(&t, token)) {
+    if path == "/"
+        || path == "/login"
+        || presented(request.headers()).is_some_and(|t| same(&t, token))
+    {
         return next.run(request).await;
     }
     (
@@ -36,7 +39,9 @@ pub async fn require_token(
 
 /// The token a request presents: a bearer header or the login cookie.
 fn presented(headers: &HeaderMap) -> Option<String> {
-    if let Some(v) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok())
+    if let Some(v) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
         && let Some(t) = v.strip_prefix("Bearer ")
     {
         return Some(t.trim().to_string());
@@ -46,7 +51,11 @@ fn presented(headers: &HeaderMap) -> Option<String> {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
-        .find_map(|kv| kv.trim().strip_prefix(&format!("{COOKIE}=")).map(str::to_string))
+        .find_map(|kv| {
+            kv.trim()
+                .strip_prefix(&format!("{COOKIE}="))
+                .map(str::to_string)
+        })
 }
 
 /// Constant-time equality (over the longer of the two lengths).
@@ -77,7 +86,10 @@ pub async fn login(AxumState(state): AxumState<State>, Form(login): Form<Login>)
         _ => (
             [(
                 header::SET_COOKIE,
-                format!("{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/", login.token),
+                format!(
+                    "{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/",
+                    login.token
+                ),
             )],
             Redirect::to("/"),
         )

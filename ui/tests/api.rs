@@ -46,7 +46,8 @@ fn populate(home: &Path) -> String {
         time: Some(1.0e9 + epoch as f64),
     };
     h.add_metrics(&id, &[m(1, 0.5), m(2, 0.75)]).unwrap();
-    h.set_artifacts(&id, &[("outputs/model/kiln.json".into(), 2)]).unwrap();
+    h.set_artifacts(&id, &[("outputs/model/kiln.json".into(), 2)])
+        .unwrap();
     h.finish(&id, RunStatus::Completed, Some(0), None).unwrap();
     ModelRegistry::new(&mut h)
         .register(&id, "digits", "outputs/model")
@@ -65,11 +66,18 @@ fn start(home: &Path, host: &str, token: Option<&str>) -> SocketAddr {
     std::thread::spawn(move || {
         kiln_ui::run(home, options, |addr| tx.send(addr).unwrap()).unwrap();
     });
-    rx.recv_timeout(Duration::from_secs(30)).expect("kiln ui listens")
+    rx.recv_timeout(Duration::from_secs(30))
+        .expect("kiln ui listens")
 }
 
 /// One HTTP/1.1 request; returns the status and the body.
-fn request(addr: SocketAddr, method: &str, path: &str, headers: &[&str], body: &str) -> (u16, String) {
+fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[&str],
+    body: &str,
+) -> (u16, String) {
     let mut s = TcpStream::connect(addr).unwrap();
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
     for h in headers {
@@ -82,7 +90,10 @@ fn request(addr: SocketAddr, method: &str, path: &str, headers: &[&str], body: &
     let text = String::from_utf8_lossy(&raw).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         dechunk(body)
     } else {
         body.to_string()
@@ -124,13 +135,31 @@ fn every_route_answers_and_errors_are_json() {
     let runs = json(addr, "/api/runs");
     assert_eq!(runs[0]["id"], id.as_str());
     assert_eq!(runs[0]["sweep_id"], Value::Null);
-    assert_eq!(json(addr, "/api/runs?experiment=mnist&status=Completed").as_array().unwrap().len(), 1);
-    assert_eq!(json(addr, "/api/runs?experiment=other").as_array().unwrap().len(), 0);
+    assert_eq!(
+        json(addr, "/api/runs?experiment=mnist&status=Completed")
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        json(addr, "/api/runs?experiment=other")
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
     let (status, body) = get(addr, "/api/runs?status=Done");
     assert_eq!(status, 400);
-    assert!(body.contains("\"error\"") && body.contains("unknown run status 'Done'"), "{body}");
+    assert!(
+        body.contains("\"error\"") && body.contains("unknown run status 'Done'"),
+        "{body}"
+    );
     let run = json(addr, &format!("/api/runs/{}", &id[..5]));
-    assert_eq!((run["name"].as_str(), run["status"].as_str()), (Some("digits"), Some("Completed")));
+    assert_eq!(
+        (run["name"].as_str(), run["status"].as_str()),
+        (Some("digits"), Some("Completed"))
+    );
     assert_eq!(run["artifacts"][0][0], "outputs/model/kiln.json");
     let metrics = json(addr, &format!("/api/runs/{id}/metrics"));
     assert_eq!(metrics.as_array().unwrap().len(), 2);
@@ -141,10 +170,16 @@ fn every_route_answers_and_errors_are_json() {
     let rest = json(addr, &format!("/api/runs/{id}/log?offset=10"));
     assert_eq!(rest["text"], "epoch 2/2\n");
     assert_eq!(rest["offset"], 20);
-    let (status, body) = get(addr, &format!("/api/runs/{id}/files/outputs/model/kiln.json"));
+    let (status, body) = get(
+        addr,
+        &format!("/api/runs/{id}/files/outputs/model/kiln.json"),
+    );
     assert_eq!((status, body.as_str()), (200, "{}"));
     let models = json(addr, "/api/models");
-    assert_eq!((models[0]["name"].as_str(), models[0]["version"].as_i64()), (Some("digits"), Some(1)));
+    assert_eq!(
+        (models[0]["name"].as_str(), models[0]["version"].as_i64()),
+        (Some("digits"), Some(1))
+    );
     let model = json(addr, "/api/models/digits/1");
     assert_eq!(model["files"][0]["path"], "kiln.json");
     assert_eq!(model["files"][0]["sha256"].as_str().unwrap().len(), 64);
@@ -159,7 +194,10 @@ fn every_route_answers_and_errors_are_json() {
         let (status, body) = get(addr, path);
         assert_eq!(status, 404, "{path}");
         let v: Value = serde_json::from_str(&body).unwrap();
-        assert!(v["error"].as_str().unwrap().contains(want), "{path}: {body}");
+        assert!(
+            v["error"].as_str().unwrap().contains(want),
+            "{path}: {body}"
+        );
     }
 }
 
@@ -181,7 +219,10 @@ fn no_file_outside_a_run_is_served() {
     ] {
         let (status, body) = get(addr, &path);
         assert_eq!(status, 404, "{path}: {body}");
-        assert!(!body.contains("secret\"") && !body.contains("root:"), "{path}: {body}");
+        assert!(
+            !body.contains("secret\"") && !body.contains("root:"),
+            "{path}: {body}"
+        );
     }
 }
 
@@ -194,23 +235,46 @@ fn beyond_localhost_the_token_is_required() {
         port: 0,
         token: None,
     };
-    let e = kiln_ui::run(home.clone(), options, |_| {}).unwrap_err().to_string();
+    let e = kiln_ui::run(home.clone(), options, |_| {})
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("KILN_UI_TOKEN"), "{e}");
     let addr = start(&home, "0.0.0.0", Some("s3cret"));
     let addr = SocketAddr::new("127.0.0.1".parse().unwrap(), addr.port());
     let (status, body) = get(addr, "/api/runs");
     assert_eq!(status, 401, "{body}");
     assert!(body.contains("\"error\""));
-    let (status, _) = request(addr, "GET", "/api/runs", &["Authorization: Bearer wrong"], "");
+    let (status, _) = request(
+        addr,
+        "GET",
+        "/api/runs",
+        &["Authorization: Bearer wrong"],
+        "",
+    );
     assert_eq!(status, 401);
-    let (status, _) = request(addr, "GET", "/api/runs", &["Authorization: Bearer s3cret"], "");
+    let (status, _) = request(
+        addr,
+        "GET",
+        "/api/runs",
+        &["Authorization: Bearer s3cret"],
+        "",
+    );
     assert_eq!(status, 200);
     // The page itself loads (it asks for the token); a signed-in browser sends the cookie.
     assert_eq!(get(addr, "/").0, 200);
     let form = ["Content-Type: application/x-www-form-urlencoded"];
     assert_eq!(request(addr, "POST", "/login", &form, "token=nope").0, 401);
-    assert_eq!(request(addr, "POST", "/login", &form, "token=s3cret").0, 303);
-    let (status, _) = request(addr, "GET", "/api/runs", &["Cookie: kiln_ui_token=s3cret"], "");
+    assert_eq!(
+        request(addr, "POST", "/login", &form, "token=s3cret").0,
+        303
+    );
+    let (status, _) = request(
+        addr,
+        "GET",
+        "/api/runs",
+        &["Cookie: kiln_ui_token=s3cret"],
+        "",
+    );
     assert_eq!(status, 200);
 }
 
@@ -222,7 +286,11 @@ fn api_latency_under_sixteen_concurrent_clients() {
     let started = Instant::now();
     let clients: Vec<_> = (0..16)
         .map(|i| {
-            let path = if i % 2 == 0 { "/api/runs".to_string() } else { format!("/api/runs/{id}/metrics") };
+            let path = if i % 2 == 0 {
+                "/api/runs".to_string()
+            } else {
+                format!("/api/runs/{id}/metrics")
+            };
             std::thread::spawn(move || {
                 (0..25)
                     .map(|_| {
@@ -235,7 +303,10 @@ fn api_latency_under_sixteen_concurrent_clients() {
             })
         })
         .collect();
-    let mut ms: Vec<f64> = clients.into_iter().flat_map(|c| c.join().unwrap()).collect();
+    let mut ms: Vec<f64> = clients
+        .into_iter()
+        .flat_map(|c| c.join().unwrap())
+        .collect();
     ms.sort_by(|a, b| a.total_cmp(b));
     let p = |q: f64| ms[((ms.len() - 1) as f64 * q) as usize];
     println!(

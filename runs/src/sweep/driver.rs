@@ -19,8 +19,8 @@ use super::tpe;
 use crate::error::RunsError;
 use crate::history::{Metric, NewRun, RunHistory};
 use crate::home::RunPaths;
-use crate::submit;
 use crate::{LOCK_FILE, RunStatus, SubmitterLock};
+use crate::{ingest, submit};
 use kiln_engine::config::did_you_mean;
 
 /// How often the sweep looks at its trials.
@@ -88,12 +88,17 @@ pub fn prepare(
         job: &serde_json::to_string(&job).expect("a sweep serialises"),
     })?;
     let paths = RunPaths::new(history.home(), &id);
-    let lock = (|| {
+    let lock = (|| -> Result<SubmitterLock, RunsError> {
         for dir in [&paths.dir, &paths.outputs, &paths.logs] {
             std::fs::create_dir_all(dir).map_err(|e| RunsError::io(dir, e))?;
         }
         let lock_path = paths.dir.join(LOCK_FILE);
-        SubmitterLock::acquire(&lock_path).map_err(|e| RunsError::io(&lock_path, e))
+        let lock = SubmitterLock::acquire(&lock_path).map_err(|e| RunsError::io(&lock_path, e))?;
+        // As a job's run keeps its job, so `kiln runs recover` finds what the sweep was.
+        let job_path = paths.dir.join("job.json");
+        let json = serde_json::to_string_pretty(&job).expect("a sweep serialises");
+        std::fs::write(&job_path, json).map_err(|e| RunsError::io(&job_path, e))?;
+        Ok(lock)
     })();
     match lock {
         Ok(lock) => Ok((paths, lock)),
@@ -223,6 +228,7 @@ impl Sweep {
             self.carry_over(history, old)?;
         }
         let mut stop: Option<Stop> = None;
+        let mut beat = Instant::now();
         loop {
             if stop != Some(Stop::Canceled)
                 && (submit::interrupted() || history.cancel_requested(&self.id)?)
@@ -241,6 +247,7 @@ impl Sweep {
                 self.cancel_live(history, "the sweep reached max_duration_minutes");
                 stop = Some(Stop::Deadline);
             }
+            history.heartbeat(&self.id, &mut beat)?;
             self.follow(history)?;
             if stop.is_none() {
                 self.judge(history)?;
@@ -354,8 +361,8 @@ impl Sweep {
         let home = history.home().to_path_buf();
         let kiln = self.kiln.clone();
         let id = paths.id.clone();
-        // The trial's program is started on this thread and dies with it (PR_SET_PDEATHSIG),
-        // so the thread lives until the run ends.
+        // The trial's guard is started on this thread and stops the program when the thread
+        // ends (PR_SET_PDEATHSIG), so the thread lives until the run ends.
         trial.thread = Some(std::thread::spawn(move || {
             let result = RunHistory::open(&home)
                 .and_then(|mut h| submit::execute(&mut h, &id, &kiln, false, Some(lock)));
@@ -444,7 +451,12 @@ impl Sweep {
                     value: Some(self.best_so_far()),
                     time: Some(crate::now()),
                 };
-                history.add_metrics(&self.id, &[value])?;
+                history.add_metrics(&self.id, std::slice::from_ref(&value))?;
+                // Kept in the sweep's own metrics file too, for `kiln runs recover`.
+                let file = RunPaths::new(history.home(), &self.id).metrics_file();
+                if let Err(e) = ingest::append_metric(&file, &value) {
+                    self.say(&format!("warning: {e}"));
+                }
             }
             if self.trials[i].status == RunStatus::Completed && !self.warned {
                 self.warned = true;

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use rusqlite::params;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::space::Params;
 use super::spec::SweepSpec;
@@ -15,7 +15,7 @@ use crate::history::{RunHistory, db_error};
 pub const SWEEP_TARGET: &str = "sweep";
 
 /// A trial as the history holds it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TrialRow {
     /// The trial's number in its sweep (from 0).
     pub trial: usize,
