@@ -79,14 +79,19 @@ enum RunsCommand {
     },
     /// Rebuild the run history from the runs and models on disk, when kiln.db was lost,
     /// emptied or damaged (the old file is moved aside, never deleted).
-    Recover,
+    Recover {
+        /// Rebuild even a sound history (what only it held of runs without run.json is lost
+        /// from the new one).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 /// Runs `kiln runs ...`.
 pub fn run(args: RunsArgs) -> Result<ExitCode> {
     let home = runs::kiln_home();
     let history = match &args.command {
-        RunsCommand::Recover => return recover(&home),
+        RunsCommand::Recover { force } => return recover(&home, *force),
         RunsCommand::Cancel { .. } => RunHistory::open(&home)?,
         _ => RunHistory::open_to_read(&home)?,
     };
@@ -104,7 +109,7 @@ pub fn run(args: RunsArgs) -> Result<ExitCode> {
         RunsCommand::Metrics { run, json, plot } => metrics(&history, &run, json, plot),
         RunsCommand::Logs { run, follow } => logs(&history, &run, follow),
         RunsCommand::Download { run, path, dest } => download(&history, &run, &path, &dest),
-        RunsCommand::Recover => unreachable!("recovered above"),
+        RunsCommand::Recover { .. } => unreachable!("recovered above"),
         RunsCommand::Cancel { run } => {
             let status = submit::cancel(&history, &run)?;
             println!("run {}: {status}", history.resolve(&run)?);
@@ -389,8 +394,8 @@ fn copy_tree(from: &std::path::Path, to: &std::path::Path) -> Result<usize> {
     Ok(1)
 }
 
-fn recover(home: &Path) -> Result<ExitCode> {
-    let done = runs::recover::recover(home)?;
+fn recover(home: &Path, force: bool) -> Result<ExitCode> {
+    let done = runs::recover::recover(home, force)?;
     for (from, to) in &done.moved_aside {
         println!("moved {} aside to {}", from.display(), to.display());
     }

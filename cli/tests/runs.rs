@@ -907,6 +907,24 @@ fn recover_rebuilds_a_lost_history_from_the_runs_and_models_on_disk() {
         ],
     );
     assert!(o.status.success(), "sha256 still checked: {}", text(&o));
+    // A sound history is rebuilt only when asked twice.
+    let o = kiln(&home, &["runs", "recover"]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("is sound (2 run(s))") && text(&o).contains("--force"),
+        "{}",
+        text(&o)
+    );
+    let o = kiln(&home, &["runs", "recover", "--force"]);
+    assert!(
+        o.status.success() && text(&o).contains("aside to"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(
+        everything_shown(&home, &[done.as_str(), broken.as_str()]),
+        before
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -14,7 +14,7 @@ use kiln_engine::train::metrics::json_value;
 use crate::error::RunsError;
 use crate::{RunStatus, now};
 
-mod open;
+pub(crate) mod open;
 
 pub use open::DB_FILE;
 

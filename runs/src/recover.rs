@@ -60,8 +60,10 @@ pub struct Recovered {
 /// Rebuilds the run history under `home` from its run and model directories: the new history
 /// is built beside the old one, then the old `kiln.db` (damaged, empty or sound) and its
 /// `-wal` and `-shm` are moved aside and the new one takes its name. Refused while a run's
-/// `kiln submit` still holds its lock: it would go on writing to the old history.
-pub fn recover(home: &Path) -> Result<Recovered, RunsError> {
+/// `kiln submit` still holds its lock: it would go on writing to the old history; and refused
+/// over a sound history unless `force` (what only the history knew of runs without an end
+/// record, their host, command and git state, would be lost from the live history).
+pub fn recover(home: &Path, force: bool) -> Result<Recovered, RunsError> {
     if !home.is_dir() {
         return Err(RunsError::Runs(format!(
             "KILN_HOME {} is not a directory; there is nothing to recover",
@@ -71,6 +73,12 @@ pub fn recover(home: &Path) -> Result<Recovered, RunsError> {
     let run_ids = subdirectories(&home.join("runs"));
     refuse_while_live(home, &run_ids)?;
     let db = home.join(DB_FILE);
+    if !force && let Some(runs) = sound(&db) {
+        return Err(RunsError::Runs(format!(
+            "the run history {} is sound ({runs} run(s)); recovering would rebuild it from disk              and lose what only it holds of runs without {END_RECORD}: pass --force to rebuild              it anyway (the file is moved aside, not deleted)",
+            db.display()
+        )));
+    }
     let building = with_suffix(&db, ".recovering");
     // What an interrupted recovery left behind.
     for suffix in ["-wal", "-shm", ""] {
@@ -95,6 +103,30 @@ pub fn recover(home: &Path) -> Result<Recovered, RunsError> {
     out.moved_aside = move_aside(&db)?;
     std::fs::rename(&building, &db).map_err(|e| RunsError::io(&db, e))?;
     Ok(out)
+}
+
+/// The number of runs in the history at `db`, if it opens, passes SQLite's quick check and
+/// holds a runs table; `None` when it is missing, empty or damaged.
+fn sound(db: &Path) -> Option<i64> {
+    if std::fs::metadata(db).map_or(true, |m| m.len() == 0) {
+        return None;
+    }
+    // Immutable: looking creates no `-shm` and reads no `-wal` beside a damaged file.
+    let conn = rusqlite::Connection::open_with_flags(
+        crate::history::open::immutable_uri(db),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+            | rusqlite::OpenFlags::SQLITE_OPEN_URI
+            | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .ok()?;
+    let check: String = conn
+        .query_row("PRAGMA quick_check", [], |r| r.get(0))
+        .ok()?;
+    if check != "ok" {
+        return None;
+    }
+    conn.query_row("SELECT count(*) FROM runs", [], |r| r.get(0))
+        .ok()
 }
 
 fn refuse_while_live(home: &Path, run_ids: &[String]) -> Result<(), RunsError> {
@@ -382,8 +414,15 @@ mod tests {
             let _ = std::fs::remove_file(with_suffix(&dir.join(DB_FILE), suffix));
         }
 
-        let done = recover(&dir).unwrap();
+        let done = recover(&dir, false).unwrap();
         assert!(done.moved_aside.is_empty(), "{:?}", done.moved_aside);
+        // Over the sound history it just made, recovery wants --force.
+        let e = recover(&dir, false).unwrap_err().to_string();
+        assert!(
+            e.contains("is sound (4 run(s))") && e.contains("--force"),
+            "{e}"
+        );
+        assert!(dir.join(DB_FILE).is_file());
         assert_eq!((done.runs, done.metrics, done.bad_metric_lines), (4, 2, 1));
         let mut inferred = done.inferred.clone();
         inferred.sort();
@@ -445,7 +484,7 @@ mod tests {
         std::fs::write(dir.join(DB_FILE), &garbage).unwrap();
         std::fs::write(dir.join("kiln.db-wal"), "a stale log").unwrap();
         let _ = std::fs::remove_file(dir.join("kiln.db-shm"));
-        let done = recover(&dir).unwrap();
+        let done = recover(&dir, false).unwrap();
         assert_eq!(done.moved_aside.len(), 2, "{:?}", done.moved_aside);
         let (_, aside) = done
             .moved_aside

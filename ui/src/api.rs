@@ -5,7 +5,8 @@
 //! - `GET /api/runs/{id}/metrics`: every metric value, in the order logged;
 //! - `GET /api/runs/{id}/log[?offset=N]`: the output log from byte N, the next offset, and
 //!   whether the run has ended (the page follows a live run with it);
-//! - `GET /api/runs/{id}/files/{path}`: a file of the run (never outside its directory);
+//! - `GET /api/runs/{id}/files/{path}`: a file under the run's `outputs/` or `logs/` (never
+//!   outside them);
 //! - `GET /api/models`, `/api/models/{name}/{version}`, `/api/models/{name}/{version}/files/{path}`.
 
 use std::path::PathBuf;
@@ -150,6 +151,9 @@ struct LogFrom {
     offset: Option<u64>,
 }
 
+/// The folders of a run whose files are served.
+const RUN_FILES: [&str; 2] = ["outputs", "logs"];
+
 /// At most this much of a log per request; the page asks again from the new offset.
 const LOG_CHUNK: u64 = 1 << 20;
 
@@ -173,8 +177,14 @@ async fn log(
                 }
                 Err(_) => Vec::new(),
             };
+            // A character cut by the chunk's end waits for the next request.
+            let whole = match std::str::from_utf8(&bytes) {
+                Err(e) if e.error_len().is_none() => e.valid_up_to(),
+                _ => bytes.len(),
+            };
+            let bytes = &bytes[..whole];
             Ok(Json(json!({
-                "text": String::from_utf8_lossy(&bytes),
+                "text": String::from_utf8_lossy(bytes),
                 "offset": offset + bytes.len() as u64,
                 "ended": run.status.is_final(),
                 "status": run.status,
@@ -190,6 +200,16 @@ async fn run_file(
     state
         .with_history(move |h| {
             let id = h.resolve(&id)?;
+            // What a run made, not its snapshot of the user's source tree.
+            if !RUN_FILES
+                .iter()
+                .any(|dir| path.starts_with(&format!("{dir}/")))
+            {
+                return Err(ApiError::not_found(format!(
+                    "'{path}': a run's files are under {}",
+                    RUN_FILES.map(|d| format!("{d}/")).join(" and ")
+                )));
+            }
             file_in(&run_dir(h.home(), &id), &path)
         })
         .await
@@ -258,6 +278,7 @@ fn file_in(root: &std::path::Path, rel: &str) -> Result<Response, ApiError> {
     Ok((
         [
             (header::CONTENT_TYPE, kind.to_string()),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_string()),
             (
                 header::CONTENT_DISPOSITION,
                 format!("inline; filename=\"{}\"", name.replace('"', "")),

@@ -78,8 +78,21 @@ fn request(
     headers: &[&str],
     body: &str,
 ) -> (u16, String) {
+    let (status, _, body) = exchange(addr, "localhost", method, path, headers, body);
+    (status, body)
+}
+
+/// One HTTP/1.1 request to `host`; returns the status, the head and the body.
+fn exchange(
+    addr: SocketAddr,
+    host: &str,
+    method: &str,
+    path: &str,
+    headers: &[&str],
+    body: &str,
+) -> (u16, String, String) {
     let mut s = TcpStream::connect(addr).unwrap();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
     for h in headers {
         req += &format!("{h}\r\n");
     }
@@ -98,7 +111,7 @@ fn request(
     } else {
         body.to_string()
     };
-    (status, body)
+    (status, head.to_string(), body)
 }
 
 fn dechunk(mut body: &str) -> String {
@@ -202,10 +215,31 @@ fn every_route_answers_and_errors_are_json() {
 }
 
 #[test]
+fn a_log_is_followed_in_chunks_without_cutting_a_character() {
+    let home = home("chunks");
+    let id = populate(&home);
+    let chunk = 1 << 20;
+    let log = format!("{}éz", "a".repeat(chunk - 1));
+    std::fs::write(RunPaths::new(&home, &id).output_log(), &log).unwrap();
+    let addr = start(&home, "127.0.0.1", None);
+    let first = json(addr, &format!("/api/runs/{id}/log"));
+    assert_eq!(first["text"].as_str().unwrap().len(), chunk - 1);
+    assert_eq!(first["offset"], chunk - 1);
+    let rest = json(addr, &format!("/api/runs/{id}/log?offset={}", chunk - 1));
+    assert_eq!(rest["text"], "éz");
+    assert_eq!(rest["offset"], log.len());
+}
+
+#[test]
 fn no_file_outside_a_run_is_served() {
     let home = home("escape");
     let id = populate(&home);
     std::fs::write(home.join("secret"), "secret").unwrap();
+    // A run's snapshot of the user's source is not served either.
+    let paths = RunPaths::new(&home, &id);
+    std::fs::create_dir_all(&paths.snapshot).unwrap();
+    std::fs::write(paths.snapshot.join(".env"), "secret\"").unwrap();
+    std::fs::write(paths.dir.join("job.json"), "secret\"").unwrap();
     let addr = start(&home, "127.0.0.1", None);
     for path in [
         format!("/api/runs/{id}/files/../../secret"),
@@ -214,6 +248,8 @@ fn no_file_outside_a_run_is_served() {
         format!("/api/runs/{id}/files//etc/passwd"),
         format!("/api/runs/{id}/files/%2Fetc%2Fpasswd"),
         format!("/api/runs/{id}/files/outputs/escape"),
+        format!("/api/runs/{id}/files/snapshot/.env"),
+        format!("/api/runs/{id}/files/job.json"),
         "/api/models/digits/1/files/../../../secret".to_string(),
         "/api/models/..%2F..%2F/1/files/kiln.db".to_string(),
     ] {
@@ -264,18 +300,55 @@ fn beyond_localhost_the_token_is_required() {
     assert_eq!(get(addr, "/").0, 200);
     let form = ["Content-Type: application/x-www-form-urlencoded"];
     assert_eq!(request(addr, "POST", "/login", &form, "token=nope").0, 401);
-    assert_eq!(
-        request(addr, "POST", "/login", &form, "token=s3cret").0,
-        303
-    );
+    let (status, head, _) = exchange(addr, "localhost", "POST", "/login", &form, "token=s3cret");
+    assert_eq!(status, 303);
+    let cookie = head
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .and_then(|c| c.split(';').next())
+        .expect("a session cookie")
+        .to_string();
     let (status, _) = request(
         addr,
         "GET",
         "/api/runs",
-        &["Cookie: kiln_ui_token=s3cret"],
+        &[&format!("Cookie: {cookie}")],
         "",
     );
     assert_eq!(status, 200);
+    let raw = ["Cookie: kiln_ui_token=s3cret"];
+    assert_eq!(request(addr, "GET", "/api/runs", &raw, "").0, 401);
+}
+
+#[test]
+fn without_a_token_only_requests_for_localhost_are_answered() {
+    let home = home("rebind");
+    populate(&home);
+    let addr = start(&home, "127.0.0.1", None);
+    let port = addr.port();
+    for host in [
+        "localhost".to_string(),
+        format!("127.0.0.1:{port}"),
+        format!("[::1]:{port}"),
+        format!("LOCALHOST:{port}"),
+    ] {
+        let (status, _, body) = exchange(addr, &host, "GET", "/api/runs", &[], "");
+        assert_eq!(status, 200, "{host}: {body}");
+    }
+    // A page whose name was rebound to 127.0.0.1 sends its own name.
+    for host in [
+        "attacker.example",
+        "attacker.example:5000",
+        "127.0.0.1.nip.io",
+    ] {
+        let (status, _, body) = exchange(addr, host, "GET", "/api/runs", &[], "");
+        assert_eq!(status, 403, "{host}: {body}");
+        assert!(
+            body.contains("\"error\"") && body.contains("localhost"),
+            "{body}"
+        );
+        assert_eq!(exchange(addr, host, "GET", "/", &[], "").0, 403);
+    }
 }
 
 #[test]

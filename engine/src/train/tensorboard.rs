@@ -275,7 +275,7 @@ mod tests {
         assert_ne!(crc32c::crc32c(b"123456789"), 0xcbf4_3926);
         // mask(crc) = ((crc >> 15) | (crc << 17)) + 0xa282ead8, as TensorFlow's crc32c.h.
         let crc = 0xe306_9283u32;
-        let expected = ((crc >> 15) | (crc << 17)).wrapping_add(0xa282_ead8);
+        let expected = crc.rotate_right(15).wrapping_add(0xa282_ead8);
         assert_eq!(masked_crc32c(b"123456789"), expected);
     }
 

@@ -253,7 +253,7 @@ fn open_and_read_version(target: &Path, flags: OpenFlags) -> rusqlite::Result<(C
 
 /// `file:PATH?immutable=1`, the path percent-encoded as SQLite's URIs want (`?`, `#` and `%`
 /// in a file name would otherwise end or escape it).
-fn immutable_uri(db: &Path) -> String {
+pub(crate) fn immutable_uri(db: &Path) -> String {
     let mut uri = String::from("file:");
     for &b in db.as_os_str().as_bytes() {
         if b.is_ascii_alphanumeric() || b"/-._~".contains(&b) {
