@@ -370,16 +370,21 @@ fn download(
 /// Copies plain files and directories; symlinks inside are skipped (they may lead out of the
 /// run) and existing files are never overwritten.
 fn copy_tree(from: &std::path::Path, to: &std::path::Path) -> Result<usize> {
-    let kind = std::fs::symlink_metadata(from)?.file_type();
+    use anyhow::Context;
+    let kind = std::fs::symlink_metadata(from)
+        .with_context(|| format!("cannot read {}", from.display()))?
+        .file_type();
     if kind.is_symlink() {
         eprintln!("warning: skipped symbolic link {}", from.display());
         return Ok(0);
     }
     if kind.is_dir() {
-        std::fs::create_dir_all(to)?;
+        std::fs::create_dir_all(to).with_context(|| format!("cannot create {}", to.display()))?;
         let mut n = 0;
-        for entry in std::fs::read_dir(from)? {
-            let entry = entry?;
+        for entry in
+            std::fs::read_dir(from).with_context(|| format!("cannot read {}", from.display()))?
+        {
+            let entry = entry.with_context(|| format!("cannot read {}", from.display()))?;
             n += copy_tree(&entry.path(), &to.join(entry.file_name()))?;
         }
         return Ok(n);
@@ -388,9 +393,11 @@ fn copy_tree(from: &std::path::Path, to: &std::path::Path) -> Result<usize> {
         bail!("{} already exists; download into a new path", to.display());
     }
     if let Some(parent) = to.parent() {
-        std::fs::create_dir_all(parent)?;
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
     }
-    std::fs::copy(from, to)?;
+    std::fs::copy(from, to)
+        .with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))?;
     Ok(1)
 }
 

@@ -95,6 +95,12 @@ pub fn run(args: SubmitArgs) -> Result<ExitCode> {
         "run {id} {} in {:.1} s{code}; {} metric values recorded",
         outcome.status, outcome.seconds, outcome.metrics
     );
+    if outcome.status == RunStatus::Failed
+        && let Some(why) = history.run(&id)?.error
+    {
+        // Why it failed, where the person who submitted it looks (it is in `runs show` too).
+        eprintln!("error: run {id}: {why}");
+    }
     Ok(exit_code(outcome.status, outcome.exit_code))
 }
 

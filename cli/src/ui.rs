@@ -16,7 +16,7 @@ pub const DEFAULT_PORT: u16 = 5000;
 #[derive(Args, Debug)]
 pub struct UiArgs {
     /// The address to listen on; anything but a loopback address needs KILN_UI_TOKEN.
-    #[arg(long, default_value = "127.0.0.1")]
+    #[arg(long, default_value = "127.0.0.1", value_parser = parse_host)]
     host: IpAddr,
     /// The port (0 picks a free one).
     #[arg(long, default_value_t = DEFAULT_PORT)]
@@ -42,6 +42,16 @@ pub fn run(args: UiArgs) -> Result<ExitCode> {
         );
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--host`: an IP address, or `localhost` (127.0.0.1).
+fn parse_host(text: &str) -> Result<IpAddr, String> {
+    if text.eq_ignore_ascii_case("localhost") {
+        return Ok(IpAddr::from([127, 0, 0, 1]));
+    }
+    text.parse().map_err(|_| {
+        format!("'{text}' is not an address to listen on; expected an IP address such as 127.0.0.1, 0.0.0.0 or ::1, or localhost")
+    })
 }
 
 /// The address of run `id`'s page under a `kiln ui` on this machine's default port.

@@ -256,6 +256,33 @@ fn train_checks_its_output_directory_and_step_memory_before_the_first_step() {
     refused(&o, "needs about");
     refused(&o, "lower --image-size or --batch-size");
     assert_eq!(listing(&dir), before, "nothing written");
+    // One class folder: nothing to learn, refused before anything is written.
+    let data = dir.join("one-class");
+    let mini = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/fashion-mnist-mini");
+    for split in ["train", "val"] {
+        let to = data.join(split).join("Bag");
+        std::fs::create_dir_all(&to).unwrap();
+        for entry in std::fs::read_dir(mini.join(split).join("Bag"))
+            .unwrap()
+            .take(4)
+        {
+            let from = entry.unwrap().path();
+            std::fs::copy(&from, to.join(from.file_name().unwrap())).unwrap();
+        }
+    }
+    let before = listing(&dir);
+    let o = kiln(&[
+        "train",
+        "--data",
+        data.to_str().unwrap(),
+        "--output-dir",
+        dir.join("out").to_str().unwrap(),
+    ]);
+    refused(
+        &o,
+        "has one class folder ('Bag'); a classifier needs at least 2",
+    );
+    assert_eq!(listing(&dir), before, "nothing written");
 }
 
 #[test]

@@ -174,6 +174,9 @@ impl Guarded {
                 Err(why)
             }
             _ => {
+                // The guard may have died after starting the program: nothing of the run may
+                // hold the output pipes open while its stderr is read.
+                crate::lock::signal_run(&paths.id, None, libc::SIGKILL);
                 // Whatever the guard said on the way out (a usage error) says why.
                 let said = guard.wait_with_output().map(|o| {
                     let text = String::from_utf8_lossy(&o.stderr).trim().to_string();
@@ -191,6 +194,12 @@ impl Guarded {
                 ))
             }
         }
+    }
+
+    /// A way to hang up on the guard from another thread while [`Guarded::wait`] waits: the
+    /// guard then takes the submitter for gone, stops the run's processes and marks it lost.
+    pub(crate) fn hangup(&self) -> Option<UnixStream> {
+        self.reports.get_ref().try_clone().ok()
     }
 
     /// The program's output, to be read as it comes (the program writes to the guard's).

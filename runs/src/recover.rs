@@ -75,7 +75,9 @@ pub fn recover(home: &Path, force: bool) -> Result<Recovered, RunsError> {
     let db = home.join(DB_FILE);
     if !force && let Some(runs) = sound(&db) {
         return Err(RunsError::Runs(format!(
-            "the run history {} is sound ({runs} run(s)); recovering would rebuild it from disk              and lose what only it holds of runs without {END_RECORD}: pass --force to rebuild              it anyway (the file is moved aside, not deleted)",
+            "the run history {} is sound ({runs} run(s)); recovering would rebuild it from disk \
+             and lose what only it holds of runs without {END_RECORD}: pass --force to rebuild \
+             it anyway (the file is moved aside, not deleted)",
             db.display()
         )));
     }

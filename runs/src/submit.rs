@@ -315,6 +315,15 @@ fn run_process(
     // A waiter thread reports the end at once; the loop wakes at least every 200 ms to
     // ingest metrics and look for a cancel.
     let (report, reported) = std::sync::mpsc::channel();
+    // Should this loop fail, the guard must not wait on: a sweep's trial thread outlives
+    // nothing here, but the waiter thread would keep the guard's socket open.
+    let hangup = guarded.hangup();
+    let give_up = |e: RunsError| {
+        if let Some(socket) = &hangup {
+            let _ = socket.shutdown(std::net::Shutdown::Both);
+        }
+        e
+    };
     std::thread::spawn(move || {
         let _ = report.send(guarded.wait());
     });
@@ -325,10 +334,10 @@ fn run_process(
             Ok(end) => break end,
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                return Err(RunsError::Runs("lost track of the program".into()));
+                return Err(give_up(RunsError::Runs("lost track of the program".into())));
             }
         }
-        if watch(history)? {
+        if watch(history).map_err(give_up)? {
             let first = match canceled_at {
                 Some(t) => t,
                 None => {

@@ -220,6 +220,15 @@ fn folders(c: &TrainConfig) -> Result<(ImageFolder, ImageFolder), EngineError> {
         }
     };
     let train = ImageFolder::scan(&train)?;
+    if let [only] = train.classes.as_slice() {
+        // One class learns nothing: every image is it, at loss 0.
+        return Err(EngineError::NotLabeledDataset(format!(
+            "{} has one class folder ('{only}'); a classifier needs at least 2, as \
+             {}/<class>/<image>",
+            train.root.display(),
+            train.root.display()
+        )));
+    }
     let val = ImageFolder::scan(&val)?;
     check_same_classes(&train, &val)?;
     Ok((train, val))

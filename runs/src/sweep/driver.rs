@@ -272,7 +272,8 @@ impl Sweep {
             // where this sweep would draw the same point (the file may have changed).
             if self.spec.sampling != Sampling::Bayesian && self.sample(row.trial) != row.params {
                 self.say(&format!(
-                    "trial {} (run {}) of sweep {old} not reused: its parameters {} are not this                      sweep's",
+                    "trial {} (run {}) of sweep {old} not reused: its parameters {} are not this \
+                     sweep's",
                     row.trial,
                     row.run_id,
                     describe(&row.params)
