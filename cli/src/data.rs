@@ -24,11 +24,11 @@ enum DataCommand {
         src: PathBuf,
         /// Image folder to create.
         dest: PathBuf,
-        /// Keep at most this many training images per class.
-        #[arg(long)]
+        /// Keep at most this many training images per class (1 or more).
+        #[arg(long, value_parser = at_least_one)]
         train_per_class: Option<usize>,
-        /// Keep at most this many validation images per class.
-        #[arg(long)]
+        /// Keep at most this many validation images per class (1 or more).
+        #[arg(long, value_parser = at_least_one)]
         val_per_class: Option<usize>,
     },
 }
@@ -57,5 +57,15 @@ pub fn run(args: DataArgs) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// A per-class limit: a count of images, 1 or more (0 would import a split with nothing in it).
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!(
+            "'{text}' is not a count of images; expected 1 or more"
+        )),
     }
 }

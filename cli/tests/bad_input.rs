@@ -82,7 +82,7 @@ fn predict_refuses_bad_model_descriptions_top_k_and_empty_inputs() {
     let image = dir.join("x.png");
     image::RgbImage::new(40, 40).save(&image).expect("png");
     type Edit = fn(&mut serde_json::Value);
-    let cases: [(&str, Edit, &str); 4] = [
+    let cases: [(&str, Edit, &str); 6] = [
         (
             "std-zero",
             |j| j["std"][1] = 0.0.into(),
@@ -102,6 +102,16 @@ fn predict_refuses_bad_model_descriptions_top_k_and_empty_inputs() {
             "no-classes",
             |j| j["classes"] = serde_json::json!([]),
             "lists no classes",
+        ),
+        (
+            "two-means",
+            |j| j["mean"] = serde_json::json!([0.5, 0.5]),
+            "is not valid: mean: invalid length 2",
+        ),
+        (
+            "class-number",
+            |j| j["classes"][1] = 7.into(),
+            "is not valid: classes[1]: invalid type: integer `7`",
         ),
     ];
     for (name, edit, message) in cases {
@@ -315,4 +325,29 @@ fn the_run_history_is_never_started_anew_over_runs_on_disk() {
     .expect("garbage db");
     let o = kiln_in(&dir, &[("KILN_HOME", &home)], &["runs", "list"]);
     refused(&o, "kiln.db cannot be read");
+}
+
+#[test]
+fn data_import_refuses_a_per_class_limit_of_zero() {
+    let dir = temp_dir("import-zero");
+    for flag in ["--train-per-class", "--val-per-class"] {
+        let dest = dir.join("dest");
+        let o = kiln(&[
+            "data",
+            "import",
+            "fashion-mnist",
+            dir.to_str().unwrap(),
+            dest.to_str().unwrap(),
+            flag,
+            "0",
+        ]);
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+        assert!(
+            text(&o).contains("'0' is not a count of images; expected 1 or more")
+                && text(&o).contains(flag),
+            "{}",
+            text(&o)
+        );
+        assert!(!dest.exists(), "nothing written");
+    }
 }

@@ -56,8 +56,23 @@ pub fn read_info(dir: &Path) -> Result<(ModelInfo, Arch), EngineError> {
             dir.display()
         ))
     })?;
-    let info: ModelInfo = serde_json::from_str(&text)
-        .map_err(|e| invalid(format!("{} is not valid: {e}", path.display())))?;
+    // The path to the bad field (`mean`, `classes[3]`) names what is wrong, not only where.
+    let info: ModelInfo = serde_path_to_error::deserialize(
+        &mut serde_json::Deserializer::from_str(&text),
+    )
+    .map_err(|e| {
+        let field = e.path().to_string();
+        let at = if field == "." {
+            String::new()
+        } else {
+            format!(" {field}:")
+        };
+        invalid(format!(
+            "{} is not valid:{at} {}",
+            path.display(),
+            e.inner()
+        ))
+    })?;
     let arch: Arch = info
         .arch
         .parse()
