@@ -314,7 +314,8 @@ pub fn guard(id: &str, home: &Path, program: &OsStr, args: &[OsString]) -> u8 {
             if send(&mut socket, &end).is_ok() {
                 return 0;
             }
-            lose(id, home, submitter, seen);
+            // The submitter went as the program ended: the program's own end is known.
+            record_end(id, home, submitter, &end);
             return 1;
         }
         if STOP.load(Ordering::SeqCst) && !passed_on {
@@ -414,6 +415,43 @@ fn lose(id: &str, home: &Path, submitter: i32, seen: f64) {
         append_to(
             &log,
             &format!("kiln: the run could not be marked lost: {e}\n"),
+        );
+    }
+}
+
+/// Records how run `id`'s program ended when its submitter, pid `submitter`, was gone by then
+/// (its outputs are not listed: that was the submitter's to do).
+fn record_end(id: &str, home: &Path, submitter: i32, end: &Report) {
+    let (code, what) = match *end {
+        Report::Exited(code) => (
+            i64::from(code),
+            format!("the program exited with code {code}"),
+        ),
+        Report::Signaled(signal) => (
+            128 + i64::from(signal),
+            format!("the program was killed by signal {signal}"),
+        ),
+        Report::Started(_) | Report::Failed(_) => return,
+    };
+    let log = RunPaths::new(home, id).output_log();
+    append_to(
+        &log,
+        &format!(
+            "kiln: {what} after the kiln process running this run (pid {submitter}) was gone\n"
+        ),
+    );
+    let status = if code == 0 {
+        crate::RunStatus::Completed
+    } else {
+        crate::RunStatus::Failed
+    };
+    let error = (code != 0).then_some(what);
+    let recorded =
+        RunHistory::open(home).and_then(|h| h.finish(id, status, Some(code), error.as_deref()));
+    if let Err(e) = recorded {
+        append_to(
+            &log,
+            &format!("kiln: the run's end could not be recorded: {e}\n"),
         );
     }
 }
