@@ -2,13 +2,13 @@
 //! source and runs it, streaming its output; `--detach` hands the run to a background `kiln`
 //! and returns at once.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use kiln_runs::JobSpec;
-use kiln_runs::{self as runs, RunHistory, RunStatus, SubmitterLock, submit};
+use kiln_runs::{self as runs, RunHistory, RunPaths, RunStatus, SubmitterLock, submit};
 
 /// Arguments of `kiln submit`.
 #[derive(Args, Debug)]
@@ -54,36 +54,7 @@ pub fn run(args: SubmitArgs) -> Result<ExitCode> {
     );
     println!("its page under `kiln ui`: {}", crate::ui::run_page(&id));
     if args.detach {
-        // The worker inherits the locked descriptor, so the run is never unlocked; its
-        // stderr (errors before the program starts) goes to the run's log.
-        let log = std::fs::File::options()
-            .create(true)
-            .append(true)
-            .open(paths.output_log())?;
-        let fd = lock.raw_fd();
-        let mut worker = Command::new(&kiln);
-        worker
-            .args(["submit", "--execute", &id, "--lock-fd", &fd.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log);
-        // SAFETY: setsid and fcntl are async-signal-safe; the worker leaves this terminal's
-        // session and keeps the lock descriptor across exec.
-        unsafe {
-            use std::os::unix::process::CommandExt;
-            worker.pre_exec(move || {
-                libc::setsid();
-                if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        if let Err(e) = worker.spawn() {
-            let why = format!("cannot start the background worker: {e}");
-            history.finish(&id, RunStatus::Failed, None, Some(&why))?;
-            bail!(why);
-        }
+        detach(&mut history, &kiln, "submit", &paths, &lock)?;
         println!("detached; follow it with `kiln runs logs {id} --follow`");
         return Ok(ExitCode::SUCCESS);
     }
@@ -102,6 +73,49 @@ pub fn run(args: SubmitArgs) -> Result<ExitCode> {
         eprintln!("error: run {id}: {why}");
     }
     Ok(exit_code(outcome.status, outcome.exit_code))
+}
+
+/// Hands prepared run `paths` to a background `kiln SUBCOMMAND --execute ID` in a session of
+/// its own. The worker inherits the locked descriptor, so the run is never unlocked; its
+/// stderr (errors before the program starts) goes to the run's log. A worker that cannot
+/// start fails the run.
+pub(crate) fn detach(
+    history: &mut RunHistory,
+    kiln: &Path,
+    subcommand: &str,
+    paths: &RunPaths,
+    lock: &SubmitterLock,
+) -> Result<()> {
+    let id = &paths.id;
+    let log = std::fs::File::options()
+        .create(true)
+        .append(true)
+        .open(paths.output_log())?;
+    let fd = lock.raw_fd();
+    let mut worker = Command::new(kiln);
+    worker
+        .args([subcommand, "--execute", id, "--lock-fd", &fd.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+    // SAFETY: setsid and fcntl are async-signal-safe; the worker leaves this terminal's
+    // session and keeps the lock descriptor across exec.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        worker.pre_exec(move || {
+            libc::setsid();
+            if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    if let Err(e) = worker.spawn() {
+        let why = format!("cannot start the background worker: {e}");
+        history.finish(id, RunStatus::Failed, None, Some(&why))?;
+        bail!(why);
+    }
+    Ok(())
 }
 
 /// 0 when completed, the program's own code when it failed, 130 when canceled.

@@ -2,7 +2,7 @@
 //! | cancel SWEEP`: hyperparameter sweeps over a job, as the estimator's HyperDrive runs them.
 
 use std::path::PathBuf;
-use std::process::{Command, ExitCode, Stdio};
+use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
@@ -123,34 +123,7 @@ fn start(
         paths.dir.display()
     );
     if detach {
-        let log = std::fs::File::options()
-            .create(true)
-            .append(true)
-            .open(paths.output_log())?;
-        let fd = lock.raw_fd();
-        let mut worker = Command::new(kiln);
-        worker
-            .args(["sweep", "--execute", &id, "--lock-fd", &fd.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log);
-        // SAFETY: setsid and fcntl are async-signal-safe; the worker leaves this terminal's
-        // session and keeps the lock descriptor across exec.
-        unsafe {
-            use std::os::unix::process::CommandExt;
-            worker.pre_exec(move || {
-                libc::setsid();
-                if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        if let Err(e) = worker.spawn() {
-            let why = format!("cannot start the background worker: {e}");
-            history.finish(&id, RunStatus::Failed, None, Some(&why))?;
-            bail!(why);
-        }
+        crate::submit::detach(history, kiln, "sweep", &paths, &lock)?;
         println!(
             "detached; follow it with `kiln runs logs {id} --follow` or `kiln sweep status {id}`"
         );

@@ -111,6 +111,23 @@ impl Metric {
     }
 }
 
+/// The id of experiment `name`, created (at `created`) when new.
+pub(crate) fn experiment_id(
+    tx: &rusqlite::Transaction,
+    name: &str,
+    created: f64,
+) -> Result<i64, RunsError> {
+    tx.execute(
+        "INSERT OR IGNORE INTO experiments (name, created) VALUES (?1, ?2)",
+        params![name, created],
+    )
+    .map_err(db_error)?;
+    tx.query_row("SELECT id FROM experiments WHERE name = ?1", [name], |r| {
+        r.get(0)
+    })
+    .map_err(db_error)
+}
+
 /// What a new run starts with.
 #[derive(Debug, Clone)]
 pub struct NewRun<'a> {
@@ -156,18 +173,7 @@ impl RunHistory {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db_error)?;
-        tx.execute(
-            "INSERT OR IGNORE INTO experiments (name, created) VALUES (?1, ?2)",
-            params![new.experiment, now()],
-        )
-        .map_err(db_error)?;
-        let experiment: i64 = tx
-            .query_row(
-                "SELECT id FROM experiments WHERE name = ?1",
-                [new.experiment],
-                |r| r.get(0),
-            )
-            .map_err(db_error)?;
+        let experiment = experiment_id(&tx, new.experiment, now())?;
         let id = loop {
             let id = super::new_run_id();
             let taken: bool = tx

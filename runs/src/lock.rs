@@ -37,6 +37,20 @@ pub struct SubmitterLock {
 }
 
 impl SubmitterLock {
+    /// `held`, the lock a `--detach` worker inherited, or else run `paths`' lock, taken now.
+    pub(crate) fn held_or_acquire(
+        held: Option<Self>,
+        paths: &crate::RunPaths,
+    ) -> Result<Self, crate::RunsError> {
+        match held {
+            Some(lock) => Ok(lock),
+            None => {
+                let path = paths.dir.join(LOCK_FILE);
+                Self::acquire(&path).map_err(|e| crate::RunsError::io(&path, e))
+            }
+        }
+    }
+
     /// Takes the lock, waiting while someone checks it.
     pub fn acquire(path: &Path) -> std::io::Result<Self> {
         let file = File::options()

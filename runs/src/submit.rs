@@ -140,11 +140,7 @@ fn execute_locked(
 ) -> Result<RunOutcome, RunsError> {
     let record = history.run(id)?;
     let paths = RunPaths::new(history.home(), &record.id);
-    let lock_path = paths.dir.join(LOCK_FILE);
-    let _lock = match lock {
-        Some(lock) => lock,
-        None => SubmitterLock::acquire(&lock_path).map_err(|e| RunsError::io(&lock_path, e))?,
-    };
+    let _lock = SubmitterLock::held_or_acquire(lock, &paths)?;
     // Only a prepared run starts, and only once.
     let current = history.run(&record.id)?.status;
     if !matches!(current, RunStatus::Queued | RunStatus::Preparing)

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::END_RECORD;
 use crate::error::RunsError;
-use crate::history::{Metric, RunHistory, db_error};
+use crate::history::{Metric, RunHistory, db_error, experiment_id};
 use crate::home::RunPaths;
 use crate::ingest::MetricsTail;
 use crate::job::JobSpec;
@@ -265,18 +265,7 @@ impl RunHistory {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db_error)?;
-        tx.execute(
-            "INSERT OR IGNORE INTO experiments (name, created) VALUES (?1, ?2)",
-            params![r.experiment, r.created],
-        )
-        .map_err(db_error)?;
-        let experiment: i64 = tx
-            .query_row(
-                "SELECT id FROM experiments WHERE name = ?1",
-                [&r.experiment],
-                |row| row.get(0),
-            )
-            .map_err(db_error)?;
+        let experiment = experiment_id(&tx, &r.experiment, r.created)?;
         tx.execute(
             "INSERT INTO runs (id, name, experiment_id, status, created, updated, started, ended,
                 exit_code, error, host, compute_target, command, git_commit, git_dirty,

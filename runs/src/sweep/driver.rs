@@ -121,11 +121,7 @@ pub fn execute(
 ) -> Result<SweepOutcome, RunsError> {
     let record = history.run(id)?;
     let paths = RunPaths::new(history.home(), &record.id);
-    let lock_path = paths.dir.join(LOCK_FILE);
-    let _lock = match lock {
-        Some(lock) => lock,
-        None => SubmitterLock::acquire(&lock_path).map_err(|e| RunsError::io(&lock_path, e))?,
-    };
+    let _lock = SubmitterLock::held_or_acquire(lock, &paths)?;
     if record.status != RunStatus::Queued || !history.set_status(&record.id, RunStatus::Running)? {
         return Err(RunsError::Runs(format!(
             "sweep {} is {}; only a new sweep can start",
