@@ -12,6 +12,7 @@ mod log_metric;
 mod models;
 mod predict;
 mod runs;
+mod serve;
 mod submit;
 mod sweep;
 mod table;
@@ -50,6 +51,8 @@ enum Command {
     Models(models::ModelsArgs),
     /// The run history in a browser: runs, a run's page, comparisons, models, a JSON API.
     Ui(ui::UiArgs),
+    /// Serve a trained or registered model over HTTP (Open Inference Protocol, KServe v2).
+    Serve(serve::ServeArgs),
     /// Record a metric into the current run (for scripts run by `kiln submit`).
     LogMetric(log_metric::LogMetricArgs),
     /// Start N local workers of any program with the distributed environment set.
@@ -99,6 +102,7 @@ fn main() -> ExitCode {
         Command::Sweep(args) => sweep::run(args),
         Command::Runs(args) => runs::run(args),
         Command::Ui(args) => ui::run(args),
+        Command::Serve(args) => serve::run(args),
         Command::Models(args) => models::run(args),
         Command::LogMetric(args) => log_metric::run(args),
         Command::Launch(args) => launch::run(args),

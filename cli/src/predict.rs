@@ -12,13 +12,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
-use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Tensor, TensorData};
 use clap::Args;
 use kiln_engine::data::decode::decode_rgb;
 use kiln_engine::data::folder::is_image;
-use kiln_engine::data::transform::{eval_transform, normalize_into};
-use kiln_engine::model_dir;
+use kiln_engine::infer::{self, Scorer};
 use kiln_models::{Arch, torchvision};
 
 /// Arguments of `kiln predict`.
@@ -134,9 +132,8 @@ fn predict_images(
     top_k: usize,
     format: Format,
 ) -> Result<ExitCode> {
-    let device = Device::flex();
-    let (model, info) = model_dir::load(dir, &device)?;
-    let size = info.image_size;
+    let scorer = Scorer::load(dir, &Device::flex())?;
+    let info = scorer.info();
     let k = top_k.min(info.classes.len());
     let mut failed = 0;
     let mut rows = Vec::new();
@@ -158,24 +155,12 @@ fn predict_images(
                 continue;
             }
         };
-        let mut floats = Vec::new();
-        normalize_into(
-            &eval_transform(&image, size),
-            info.mean,
-            info.std,
-            &mut floats,
-        );
-        let s = size as usize;
-        let x = Tensor::<4>::from_data(TensorData::new(floats, [1, 3, s, s]), &device);
-        let probs = softmax(model.forward(x), 1)
-            .into_data()
-            .try_to_vec::<f32>()
-            .unwrap_or_default();
-        let mut order: Vec<usize> = (0..probs.len()).collect();
-        order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
-        let top: Vec<(String, f32)> = order[..k]
-            .iter()
-            .map(|&c| (info.classes[c].clone(), probs[c]))
+        let mut input = Vec::with_capacity(scorer.input_len());
+        scorer.preprocess(&image, &mut input);
+        let probs = infer::softmax(&scorer.logits(input, 1));
+        let top: Vec<(String, f32)> = infer::top_k(&probs, k)
+            .into_iter()
+            .map(|c| (info.classes[c].clone(), probs[c]))
             .collect();
         rows.push((path, top));
     }

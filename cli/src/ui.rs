@@ -45,7 +45,7 @@ pub fn run(args: UiArgs) -> Result<ExitCode> {
 }
 
 /// `--host`: an IP address, or `localhost` (127.0.0.1).
-fn parse_host(text: &str) -> Result<IpAddr, String> {
+pub fn parse_host(text: &str) -> Result<IpAddr, String> {
     if text.eq_ignore_ascii_case("localhost") {
         return Ok(IpAddr::from([127, 0, 0, 1]));
     }

@@ -11,6 +11,7 @@
 //! - [`dist`]: data-parallel training: environment, rendezvous, the ring allreduce, gradient
 //!   buckets, the local launcher.
 //! - [`model_dir`]: trained model directories (`model.safetensors` + `kiln.json`), ONNX export.
+//! - [`infer`]: a loaded model that scores batches, shared by `kiln predict` and `kiln serve`.
 //! - [`env`]: the environment variables kiln reads and sets, and the run a process belongs to.
 //! - [`error`]: the engine's error type, [`EngineError`].
 //!
@@ -21,6 +22,7 @@ pub mod data;
 pub mod dist;
 pub mod env;
 pub mod error;
+pub mod infer;
 pub mod model_dir;
 pub mod train;
 

@@ -93,44 +93,20 @@ impl<'a> ModelRegistry<'a> {
         self.history.models()
     }
 
+    /// The stored directory of `NAME[:VERSION]` (the latest version without one), every file
+    /// checked against its SHA-256: the model `kiln serve` loads in place. Returns the name,
+    /// the version and the directory.
+    pub fn locate(&self, spec: &str) -> Result<(String, i64, PathBuf), RunsError> {
+        let (name, version, stored, _) = self.verified(spec)?;
+        Ok((name, version, stored))
+    }
+
     /// Copies `NAME[:VERSION]` (the latest version without one) into `dest`, checking every
     /// file's SHA-256; returns the version.
     pub fn download(&self, spec: &str, dest: &Path) -> Result<i64, RunsError> {
-        let (name, version) = match spec.rsplit_once(':') {
-            Some((n, v)) => {
-                let v = v.parse::<i64>().map_err(|_| {
-                    RunsError::Runs(format!("'{spec}': the version after ':' must be a number"))
-                })?;
-                (n, Some(v))
-            }
-            None => (spec, None),
-        };
-        check_name(name).map_err(|why| RunsError::Runs(format!("model name {why}")))?;
-        let Some((version, files)) = self.history.model_files(name, version)? else {
-            return Err(RunsError::Runs(match version {
-                Some(v) => format!("no model {name} version {v} (see `kiln models list`)"),
-                None => format!("no model named {name} (see `kiln models list`)"),
-            }));
-        };
-        let stored = self
-            .history
-            .home()
-            .join("models")
-            .join(name)
-            .join(version.to_string());
-        // Check every stored file before writing anything, so a corrupt model leaves no
-        // half-download behind.
+        let (name, version, stored, files) = self.verified(spec)?;
         for file in &files {
-            let rel = inside(&file.path)?;
-            let (size, sha) = hash_file(&stored.join(&rel))?;
-            if sha != file.sha256 || size != file.size {
-                return Err(RunsError::Runs(format!(
-                    "model {name}:{version} file {} is corrupt in the registry: sha256 {sha}, \
-                     recorded {}",
-                    file.path, file.sha256
-                )));
-            }
-            let to = dest.join(&rel);
+            let to = dest.join(inside(&file.path)?);
             if to.exists() {
                 return Err(RunsError::Runs(format!(
                     "{} already exists; download into an empty directory",
@@ -155,6 +131,45 @@ impl<'a> ModelRegistry<'a> {
             }
         }
         Ok(version)
+    }
+
+    /// Resolves `spec` to a registered version and checks every stored file before anything
+    /// reads it, so a corrupt model is never served nor half-downloaded.
+    fn verified(&self, spec: &str) -> Result<(String, i64, PathBuf, Vec<ModelFile>), RunsError> {
+        let (name, version) = match spec.rsplit_once(':') {
+            Some((n, v)) => {
+                let v = v.parse::<i64>().map_err(|_| {
+                    RunsError::Runs(format!("'{spec}': the version after ':' must be a number"))
+                })?;
+                (n, Some(v))
+            }
+            None => (spec, None),
+        };
+        check_name(name).map_err(|why| RunsError::Runs(format!("model name {why}")))?;
+        let Some((version, files)) = self.history.model_files(name, version)? else {
+            return Err(RunsError::Runs(match version {
+                Some(v) => format!("no model {name} version {v} (see `kiln models list`)"),
+                None => format!("no model named {name} (see `kiln models list`)"),
+            }));
+        };
+        let stored = self
+            .history
+            .home()
+            .join("models")
+            .join(name)
+            .join(version.to_string());
+        for file in &files {
+            let rel = inside(&file.path)?;
+            let (size, sha) = hash_file(&stored.join(&rel))?;
+            if sha != file.sha256 || size != file.size {
+                return Err(RunsError::Runs(format!(
+                    "model {name}:{version} file {} is corrupt in the registry: sha256 {sha}, \
+                     recorded {}",
+                    file.path, file.sha256
+                )));
+            }
+        }
+        Ok((name.to_string(), version, stored, files))
     }
 }
 

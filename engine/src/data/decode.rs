@@ -2,6 +2,7 @@
 //! become RGB. Files over the dimension limit are refused before their pixels are decoded, so
 //! a decompression bomb costs nothing.
 
+use std::io::{BufRead, Cursor, Seek};
 use std::path::Path;
 
 use image::{ImageReader, Limits, RgbImage};
@@ -15,24 +16,38 @@ pub const MAX_ALLOC: u64 = 1 << 30;
 
 /// Decodes `path` to RGB; the error names the file and why.
 pub fn decode_rgb(path: &Path) -> Result<RgbImage, EngineError> {
-    let bad = |reason: String| EngineError::BadImage {
-        path: path.display().to_string(),
+    let name = path.display().to_string();
+    let reader = ImageReader::open(path).map_err(|e| bad(&name, e.to_string()))?;
+    decode(reader, &name)
+}
+
+/// Decodes an encoded image held in memory (a request body); `name` names it in errors.
+pub fn decode_rgb_bytes(bytes: &[u8], name: &str) -> Result<RgbImage, EngineError> {
+    decode(ImageReader::new(Cursor::new(bytes)), name)
+}
+
+fn bad(name: &str, reason: String) -> EngineError {
+    EngineError::BadImage {
+        path: name.to_string(),
         reason,
-    };
-    let mut reader = ImageReader::open(path)
-        .map_err(|e| bad(e.to_string()))?
+    }
+}
+
+fn decode<R: BufRead + Seek>(reader: ImageReader<R>, name: &str) -> Result<RgbImage, EngineError> {
+    let mut reader = reader
         .with_guessed_format()
-        .map_err(|e| bad(e.to_string()))?;
+        .map_err(|e| bad(name, e.to_string()))?;
     let mut limits = Limits::default();
     limits.max_image_width = Some(MAX_SIDE);
     limits.max_image_height = Some(MAX_SIDE);
     limits.max_alloc = Some(MAX_ALLOC);
     reader.limits(limits);
     let image = reader.decode().map_err(|e| match e {
-        image::ImageError::Limits(l) => bad(format!(
-            "{l}: larger than the {MAX_SIDE}x{MAX_SIDE} limit (a decompression bomb?)"
-        )),
-        other => bad(other.to_string()),
+        image::ImageError::Limits(l) => bad(
+            name,
+            format!("{l}: larger than the {MAX_SIDE}x{MAX_SIDE} limit (a decompression bomb?)"),
+        ),
+        other => bad(name, other.to_string()),
     })?;
     Ok(image.to_rgb8())
 }
