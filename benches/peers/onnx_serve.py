@@ -4,13 +4,12 @@ would write it. POST /predictions/NAME with an image body answers the top-5 clas
 shape `kiln predict --format json` prints; the preprocessing (resize the shorter side to
 size * 256 / 224, centre crop, normalise) comes from the model's metadata.
 
-    onnx_serve.py --onnx model.onnx [--port 8081] [--threads N]
+    onnx_serve.py --onnx model.onnx [--port 8081] [--threads 1]
 """
 
 import argparse
 import io
 import json
-import os
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
@@ -23,7 +22,9 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--onnx", required=True)
     p.add_argument("--port", type=int, default=8081)
-    p.add_argument("--threads", type=int, default=os.cpu_count())
+    # One thread per session: the threaded server already runs one session per request in
+    # flight, and more threads each would oversubscribe the cores.
+    p.add_argument("--threads", type=int, default=1)
     a = p.parse_args()
     meta = {e.key: e.value for e in onnx.load(a.onnx, load_external_data=False).metadata_props}
     classes = json.loads(meta["classes"])

@@ -18,7 +18,7 @@ import time
 import urllib.parse
 
 
-def images(folder, limit=256):
+def images(folder, limit=1000):
     found = []
     for root, _, files in sorted(os.walk(folder)):
         for name in sorted(files):

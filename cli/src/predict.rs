@@ -156,7 +156,11 @@ fn predict_images(
             }
         };
         let mut input = Vec::with_capacity(scorer.input_len());
-        scorer.preprocess(&image, &mut input);
+        if let Err(why) = scorer.preprocess(&image, &mut input) {
+            eprintln!("error: {}: {why}", path.display());
+            failed += 1;
+            continue;
+        }
         let probs = infer::softmax(&scorer.logits(input, 1));
         let top: Vec<(String, f32)> = infer::top_k(&probs, k)
             .into_iter()

@@ -338,6 +338,11 @@ for binary in (False, True):
     result = client.infer("digits", [inp], outputs=[req], headers=headers, request_id="t1")
     out["binary" if binary else "json"] = result.as_numpy("logits").ravel().tolist()
     out["id"] = result.get_response()["id"]
+images = np.array([open(p, "rb").read() for p in sys.argv[4:6]], dtype=np.object_)
+inp = http.InferInput("input", [2], "BYTES")
+inp.set_data_from_numpy(images, binary_data=True)
+result = client.infer("digits", [inp], outputs=[http.InferRequestedOutput("logits", binary_data=True)], headers=headers)
+out["images"] = result.as_numpy("logits").tolist()
 top = http.InferRequestedOutput("logits", binary_data=True, class_count=2)
 inp = http.InferInput("input", list(x.shape), "FP32")
 inp.set_data_from_numpy(x, binary_data=True)
@@ -350,6 +355,17 @@ except Exception as e:
     out["unauthorized"] = str(e)
 print(json.dumps(out))
 "#;
+    let images: Vec<PathBuf> = (0..2u8)
+        .map(|i| {
+            let path = root.join(format!("image-{i}.png"));
+            image::RgbImage::from_fn(40, 36, |x, y| {
+                image::Rgb([x as u8 * 6, y as u8 * 7, 100 * i])
+            })
+            .save(&path)
+            .unwrap();
+            path
+        })
+        .collect();
     let mut child = Command::new(&python)
         .args([
             "-c",
@@ -358,6 +374,7 @@ print(json.dumps(out))
             KEY,
             &SIZE.to_string(),
         ])
+        .args(&images)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -388,6 +405,34 @@ print(json.dumps(out))
         for (a, b) in logits.iter().zip(&expected) {
             assert!((a - b).abs() <= 1e-5, "{form}: {a} vs {b}");
         }
+    }
+    // Encoded images sent as BYTES score as `kiln predict` scores the files.
+    let o = Command::new(KILN)
+        .args(["predict", "--model"])
+        .arg(&model)
+        .args(["--format", "json", "--top-k", "1"])
+        .args(&images)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let predicted: Value = serde_json::from_slice(&o.stdout).unwrap();
+    for (row, prediction) in out["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(predicted.as_array().unwrap())
+    {
+        let logits: Vec<f32> = row
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
+        let probs = kiln_engine::infer::softmax(&logits);
+        let best = kiln_engine::infer::top_k(&probs, 1)[0];
+        let top = &prediction["predictions"][0];
+        assert_eq!(top["class"], ["cat", "dog", "emu"][best], "{out}");
+        assert!((top["probability"].as_f64().unwrap() as f32 - probs[best]).abs() < 1e-5);
     }
     let top = out["top"].as_array().unwrap();
     assert_eq!(top.len(), 4, "{out}");

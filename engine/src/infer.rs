@@ -8,7 +8,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use image::RgbImage;
 use kiln_models::Model;
 
-use crate::data::transform::{eval_transform, normalize_into};
+use crate::data::transform::{check_eval_size, eval_transform, normalize_into};
 use crate::error::EngineError;
 use crate::model_dir::{self, ModelInfo};
 
@@ -45,8 +45,9 @@ impl Scorer {
         input_len(&self.info)
     }
 
-    /// Appends `image`'s model input (resized, cropped, normalised, CHW) to `out`.
-    pub fn preprocess(&self, image: &RgbImage, out: &mut Vec<f32>) {
+    /// Appends `image`'s model input (resized, cropped, normalised, CHW) to `out`; refuses an
+    /// image so elongated that resizing it would take gigabytes.
+    pub fn preprocess(&self, image: &RgbImage, out: &mut Vec<f32>) -> Result<(), String> {
         preprocess(&self.info, image, out)
     }
 
@@ -70,14 +71,16 @@ pub fn input_len(info: &ModelInfo) -> usize {
     3 * info.image_size as usize * info.image_size as usize
 }
 
-/// Appends `image`'s input for the model `info` describes to `out`.
-pub fn preprocess(info: &ModelInfo, image: &RgbImage, out: &mut Vec<f32>) {
+/// Appends `image`'s input for the model `info` describes to `out`, or says why it cannot.
+pub fn preprocess(info: &ModelInfo, image: &RgbImage, out: &mut Vec<f32>) -> Result<(), String> {
+    check_eval_size(image.width(), image.height(), info.image_size)?;
     normalize_into(
         &eval_transform(image, info.image_size),
         info.mean,
         info.std,
         out,
     );
+    Ok(())
 }
 
 /// The softmax of one row of logits, computed in f64 so large logits do not overflow.

@@ -56,6 +56,10 @@ impl Batcher {
     ) -> Self {
         let (queue, jobs) = mpsc::channel::<Job>();
         let jobs = Arc::new(Mutex::new(jobs));
+        // The cores are split between the copies: each runs on its own rayon pool (which the
+        // CPU kernels' GEMMs use too), so two copies never fight over the same threads.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = (cores / workers).max(1);
         let handles = (0..workers)
             .map(|i| {
                 let (dir, jobs, metrics, loaded) =
@@ -63,17 +67,29 @@ impl Batcher {
                 std::thread::Builder::new()
                     .name(format!("kiln-serve-model-{i}"))
                     .spawn(move || {
-                        let started = Instant::now();
-                        let scorer = match load(&dir, device, limits.max_batch_size) {
-                            Ok(scorer) => scorer,
-                            Err(why) => {
+                        let pool = rayon::ThreadPoolBuilder::new()
+                            .num_threads(threads)
+                            .thread_name(move |t| format!("kiln-serve-model-{i}-{t}"))
+                            .build();
+                        match pool {
+                            Ok(pool) => pool.install(|| {
+                                let started = Instant::now();
+                                let scorer = match load(&dir, device, limits.max_batch_size) {
+                                    Ok(scorer) => scorer,
+                                    Err(why) => {
+                                        let _ = loaded.send(Err(why));
+                                        return;
+                                    }
+                                };
+                                let _ = loaded.send(Ok(started.elapsed()));
+                                drop(loaded);
+                                work(&scorer, &jobs, limits, &metrics);
+                            }),
+                            Err(e) => {
+                                let why = format!("cannot start {threads} threads: {e}");
                                 let _ = loaded.send(Err(why));
-                                return;
                             }
-                        };
-                        let _ = loaded.send(Ok(started.elapsed()));
-                        drop(loaded);
-                        work(&scorer, &jobs, limits, &metrics);
+                        }
                     })
                     .expect("a thread starts")
             })
@@ -101,8 +117,11 @@ impl Batcher {
 }
 
 fn load(dir: &std::path::Path, device: DeviceKind, max: usize) -> Result<Scorer, String> {
-    let device = device.open().map_err(|e| e.to_string())?;
-    let scorer = Scorer::load(dir, &device).map_err(|e| e.to_string())?;
+    let loaded = catch_unwind(AssertUnwindSafe(|| {
+        let device = device.open().map_err(|e| e.to_string())?;
+        Scorer::load(dir, &device).map_err(|e| e.to_string())
+    }));
+    let scorer = loaded.map_err(|_| "loading the model panicked (a kiln bug)".to_string())??;
     let len = scorer.input_len();
     for n in [1, max] {
         catch_unwind(AssertUnwindSafe(|| scorer.logits(vec![0.0; n * len], n)))
@@ -114,16 +133,18 @@ fn load(dir: &std::path::Path, device: DeviceKind, max: usize) -> Result<Scorer,
 fn work(scorer: &Scorer, jobs: &Mutex<Receiver<Job>>, limits: BatchLimits, metrics: &Metrics) {
     let mut carried: Option<Job> = None;
     loop {
-        let batch = {
-            let jobs = jobs.lock().expect("jobs lock");
-            let first = match carried.take() {
-                Some(job) => job,
-                None => match jobs.recv() {
-                    Ok(job) => job,
-                    Err(_) => return,
-                },
-            };
-            gather(first, &jobs, limits, &mut carried)
+        let batch = match carried.take() {
+            // A job left over from the last batch never waits for the queue: while another
+            // worker holds it (waiting for a first job), this one runs alone.
+            Some(job) => match jobs.try_lock() {
+                Ok(queue) => gather(job, &queue, limits, &mut carried),
+                Err(_) => vec![job],
+            },
+            None => {
+                let queue = jobs.lock().expect("jobs lock");
+                let Ok(first) = queue.recv() else { return };
+                gather(first, &queue, limits, &mut carried)
+            }
         };
         run(scorer, batch, limits.max_batch_size, metrics);
     }
@@ -158,6 +179,11 @@ fn gather(
 }
 
 fn run(scorer: &Scorer, batch: Vec<Job>, max: usize, metrics: &Metrics) {
+    // A job whose request has gone (timed out, client gone) is not scored.
+    let batch: Vec<Job> = batch.into_iter().filter(|j| !j.reply.is_closed()).collect();
+    if batch.is_empty() {
+        return;
+    }
     let total: usize = batch.iter().map(|j| j.n).sum();
     let len = scorer.input_len();
     let mut inputs = Vec::with_capacity(total * len);

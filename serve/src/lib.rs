@@ -129,6 +129,9 @@ pub struct App {
     metrics: Arc<Metrics>,
     auth: Auth,
     decoders: Semaphore,
+    /// One permit per image queued or being scored.
+    queued: Semaphore,
+    queue_capacity: usize,
 }
 
 impl App {
@@ -203,6 +206,11 @@ pub fn serve_until(
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|error| ServeError::Bind { addr, error })?;
+        // Enough for every worker's next few batches and the largest request.
+        let max_batch = options.limits.max_batch_size;
+        let queue_capacity = (4 * options.workers * max_batch)
+            .max(8 * max_batch)
+            .max(512);
         let batcher = Batcher::start(
             model.dir.clone(),
             options.device,
@@ -222,6 +230,8 @@ pub fn serve_until(
             metrics: metrics.clone(),
             auth: Auth::new(options.keys, options.keys_file),
             decoders: Semaphore::new(cores),
+            queued: Semaphore::new(queue_capacity),
+            queue_capacity,
         });
         notify(Notice::Listening(
             listener.local_addr().map_err(ServeError::Serve)?,
@@ -247,7 +257,12 @@ pub fn serve_until(
                             failed.notify_one();
                             return;
                         }
-                        Err(_) => return,
+                        Err(_) => {
+                            let why = "a model worker stopped while loading".to_string();
+                            *load_error.lock().expect("lock") = Some(ServeError::Load { dir, why });
+                            failed.notify_one();
+                            return;
+                        }
                     }
                 }
                 metrics.ready.store(true, Ordering::Release);
@@ -267,19 +282,27 @@ pub fn serve_until(
                 }
             })
         };
+        let stopping = Arc::new(Notify::new());
         let stop = {
-            let notify = notify.clone();
+            let (notify, stopping, metrics) = (notify.clone(), stopping.clone(), metrics.clone());
             async move {
                 tokio::select! {
                     _ = stop => notify(Notice::Draining),
                     _ = failed.notified() => {}
                 }
+                metrics.ready.store(false, Ordering::Release);
+                stopping.notify_one();
             }
         };
-        let served = axum::serve(listener, router(app.clone()))
-            .with_graceful_shutdown(stop)
-            .await
-            .map_err(ServeError::Serve);
+        // Requests in flight get their timeout and a little more to finish; a client that
+        // holds a connection open longer does not hold the stop.
+        let grace = options.timeout + Duration::from_secs(2);
+        let served = tokio::select! {
+            served = axum::serve(listener, router(app.clone())).with_graceful_shutdown(stop) => {
+                served.map_err(ServeError::Serve)
+            }
+            _ = async { stopping.notified().await; tokio::time::sleep(grace).await } => Ok(()),
+        };
         hup.abort();
         let batcher_app = app.clone();
         tokio::task::spawn_blocking(move || batcher_app.batcher.close())

@@ -77,7 +77,6 @@ pub struct OutputForm {
 
 /// The wire form of a request, before it is checked against the model.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct Wire {
     #[serde(default)]
     id: Option<String>,
@@ -89,7 +88,6 @@ struct Wire {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct WireInput {
     name: String,
     shape: Vec<i64>,
@@ -101,16 +99,21 @@ struct WireInput {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct WireOutput {
     name: String,
     #[serde(default)]
     parameters: Map<String, Value>,
 }
 
-/// Parses a request body for a model taking `[N, 3, size, size]`. `header_length` is the
-/// `Inference-Header-Content-Length` header, present when the body carries binary tensors.
-pub fn parse(body: &[u8], header_length: Option<&str>, size: usize) -> Result<InferRequest, Fault> {
+/// Parses a request body for a model taking `[N, 3, size, size]`, N at most `most`.
+/// `header_length` is the `Inference-Header-Content-Length` header, present when the body
+/// carries binary tensors.
+pub fn parse(
+    body: &[u8],
+    header_length: Option<&str>,
+    size: usize,
+    most: usize,
+) -> Result<InferRequest, Fault> {
     let (json, mut binary) = match header_length {
         None => (body, &[][..]),
         Some(text) => {
@@ -180,7 +183,7 @@ pub fn parse(body: &[u8], header_length: Option<&str>, size: usize) -> Result<In
             binary.len()
         )));
     }
-    let input = read_input(input, blob, size)?;
+    let input = read_input(input, blob, size, most)?;
     let default_binary = flag(&wire.parameters, "binary_data_output", "parameters")?;
     let output = match <[WireOutput; 1]>::try_from(wire.outputs) {
         Ok([out]) => {
@@ -248,8 +251,22 @@ fn flag(parameters: &Map<String, Value>, name: &str, at: &str) -> Result<bool, F
     }
 }
 
-fn read_input(input: WireInput, blob: Option<&[u8]>, size: usize) -> Result<Input, Fault> {
+fn read_input(
+    input: WireInput,
+    blob: Option<&[u8]>,
+    size: usize,
+    most: usize,
+) -> Result<Input, Fault> {
     let shape = &input.shape;
+    // Checked before any size is computed from it, so no shape overflows or allocates much.
+    if let Some(&n) = shape.first()
+        && n > most as i64
+    {
+        return Err(Fault::bad(format!(
+            "the request holds {n} images; at most {most} per request (8 x --max-batch-size, \
+             at least 64)"
+        )));
+    }
     match input.datatype.as_str() {
         "FP32" => {
             let expected = [-1, 3, size as i64, size as i64];
@@ -319,13 +336,19 @@ fn read_input(input: WireInput, blob: Option<&[u8]>, size: usize) -> Result<Inpu
                 (None, None) => {
                     return Err(Fault::bad("inputs[0] has no data (nor binary_data_size)"));
                 }
-                (None, Some(blob)) => split_bytes(blob)?,
+                (None, Some(blob)) => split_bytes(blob, n)?,
                 (Some(flat), None) => {
                     if !flat.numbers.is_empty() {
                         return Err(Fault::bad(
                             "inputs[0] is BYTES but its data holds numbers; expected base64 \
                              strings of encoded images",
                         ));
+                    }
+                    if flat.strings.len() != n {
+                        return Err(Fault::bad(format!(
+                            "inputs[0] holds {} images; shape {shape:?} says {n}",
+                            flat.strings.len()
+                        )));
                     }
                     flat.strings
                         .iter()
@@ -358,10 +381,16 @@ fn read_input(input: WireInput, blob: Option<&[u8]>, size: usize) -> Result<Inpu
     }
 }
 
-/// Binary BYTES elements: each a 4-byte little-endian length, then that many bytes.
-fn split_bytes(mut blob: &[u8]) -> Result<Vec<Vec<u8>>, Fault> {
+/// Binary BYTES elements: each a 4-byte little-endian length, then that many bytes; `n` of
+/// them.
+fn split_bytes(mut blob: &[u8], n: usize) -> Result<Vec<Vec<u8>>, Fault> {
     let mut out = Vec::new();
     while !blob.is_empty() {
+        if out.len() == n {
+            return Err(Fault::bad(format!(
+                "inputs[0]'s binary BYTES data holds more than the {n} elements its shape says"
+            )));
+        }
         let Some((head, rest)) = blob.split_first_chunk::<4>() else {
             return Err(Fault::bad(
                 "inputs[0]'s binary BYTES data ends inside an element's 4-byte length",
@@ -517,10 +546,10 @@ mod tests {
     #[test]
     fn json_floats_flat_or_nested() {
         let body = json!({"inputs": [{"name": "input", "shape": [2, 3, 2, 2], "datatype": "FP32", "data": floats(2, 2)}]});
-        let r = parse(body.to_string().as_bytes(), None, 2).unwrap();
+        let r = parse(body.to_string().as_bytes(), None, 2, 64).unwrap();
         assert!(matches!(r.input, Input::Floats { n: 2, ref values } if values.len() == 24));
         let nested = json!({"inputs": [{"name": "input", "shape": [1, 3, 1, 1], "datatype": "FP32", "data": [[[[1]], [[2]], [[3.5]]]]}]});
-        let r = parse(nested.to_string().as_bytes(), None, 1).unwrap();
+        let r = parse(nested.to_string().as_bytes(), None, 1, 64).unwrap();
         assert!(matches!(r.input, Input::Floats { ref values, .. } if values == &[1.0, 2.0, 3.5]));
     }
 
@@ -531,7 +560,7 @@ mod tests {
         for v in [1.0f32, 2.0, 3.0] {
             body.extend(v.to_le_bytes());
         }
-        let r = parse(&body, Some(&header.len().to_string()), 1).unwrap();
+        let r = parse(&body, Some(&header.len().to_string()), 1, 64).unwrap();
         assert!(matches!(r.input, Input::Floats { ref values, .. } if values == &[1.0, 2.0, 3.0]));
         assert!(r.output.binary);
 
@@ -540,7 +569,7 @@ mod tests {
         body.extend(3u32.to_le_bytes());
         body.extend(b"abc");
         body.extend(0u32.to_le_bytes());
-        let r = parse(&body, Some(&header.len().to_string()), 1).unwrap();
+        let r = parse(&body, Some(&header.len().to_string()), 1, 64).unwrap();
         assert!(matches!(r.input, Input::Images(ref i) if i == &[b"abc".to_vec(), vec![]]));
     }
 
@@ -556,12 +585,13 @@ mod tests {
             (json!({"inputs": [{"name": "input", "shape": "x", "datatype": "FP32"}]}).to_string(), "inputs[0].shape"),
             (json!({"inputs": [{"name": "input", "shape": [1, 3, 1, 1], "datatype": "FP32", "data": [1, 2, 3]}], "outputs": [{"name": "probs"}]}).to_string(), "'probs'"),
             ("{".to_string(), "not an inference request"),
+            (json!({"inputs": [{"name": "input", "shape": [i64::MAX, 3, 1, 1], "datatype": "FP32", "data": []}]}).to_string(), "at most 64"),
         ];
         for (body, expected) in cases {
-            let e = parse(body.as_bytes(), None, 1).unwrap_err();
+            let e = parse(body.as_bytes(), None, 1, 64).unwrap_err();
             assert!(e.message.contains(expected), "{body}: {}", e.message);
         }
-        let e = parse(b"{}", Some("99"), 1).unwrap_err();
+        let e = parse(b"{}", Some("99"), 1, 64).unwrap_err();
         assert!(e.message.contains("longer than"), "{}", e.message);
     }
 

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
@@ -24,6 +24,9 @@ use crate::protocol::{self, INPUT, Input, OUTPUT};
 
 type Shared = State<Arc<App>>;
 
+/// Most bytes decoding one request image may allocate: a 4096 x 4096 RGBA image.
+const MAX_DECODE_BYTES: u64 = 64 << 20;
+
 /// `GET /v2/health/live`: the process answers.
 pub async fn live() -> Json<serde_json::Value> {
     Json(json!({ "live": true }))
@@ -31,17 +34,22 @@ pub async fn live() -> Json<serde_json::Value> {
 
 /// `GET /v2/health/ready`: 200 once the model is loaded and warmed, 503 before.
 pub async fn ready(State(app): Shared) -> Response {
-    ready_answer(&app)
+    ready_answer(&app, false)
 }
 
-fn ready_answer(app: &App) -> Response {
+fn ready_answer(app: &App, model: bool) -> Response {
     let ready = app.metrics.ready.load(Ordering::Acquire);
     let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, Json(json!({ "ready": ready }))).into_response()
+    let body = if model {
+        json!({ "name": app.name, "ready": ready })
+    } else {
+        json!({ "ready": ready })
+    };
+    (status, Json(body)).into_response()
 }
 
 /// `GET /v2`: the server's metadata.
@@ -95,8 +103,9 @@ impl App {
 /// `GET /v2/models/{name}[/versions/{version}]`: inputs, outputs, datatypes, shapes.
 pub async fn model_metadata(
     State(app): Shared,
-    Path(path): Path<ModelPath>,
+    path: Result<Path<ModelPath>, PathRejection>,
 ) -> Result<Response, Fault> {
+    let path = rejected(path)?.0;
     app.check_model(&path)?;
     let s = app.info.image_size;
     Ok(Json(json!({
@@ -120,19 +129,21 @@ pub async fn model_metadata(
 /// `GET /v2/models/{name}[/versions/{version}]/ready`.
 pub async fn model_ready(
     State(app): Shared,
-    Path(path): Path<ModelPath>,
+    path: Result<Path<ModelPath>, PathRejection>,
 ) -> Result<Response, Fault> {
+    let path = rejected(path)?.0;
     app.check_model(&path)?;
-    Ok(ready_answer(&app))
+    Ok(ready_answer(&app, true))
 }
 
 /// `POST /v2/models/{name}[/versions/{version}]/infer`.
 pub async fn infer(
     State(app): Shared,
-    Path(path): Path<ModelPath>,
+    path: Result<Path<ModelPath>, PathRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Fault> {
+    let path = rejected(path)?.0;
     app.check_model(&path)?;
     let body = body.map_err(|r| app.rejected(r))?;
     app.check_ready()?;
@@ -140,10 +151,14 @@ pub async fn infer(
         .get(protocol::HEADER_LENGTH)
         .map(|v| v.to_str().unwrap_or("?").to_string());
     let size = app.info.image_size as usize;
-    let request = protocol::parse(&body, header_length.as_deref(), size)?;
+    let request = protocol::parse(
+        &body,
+        header_length.as_deref(),
+        size,
+        app.max_request_images(),
+    )?;
     drop(body);
     let n = request.input.len();
-    app.check_count(n)?;
     let inputs = match request.input {
         Input::Floats { values, .. } => values,
         Input::Images(images) => app.clone().preprocess(images, false).await?,
@@ -191,10 +206,11 @@ pub struct TopK {
 /// `kiln predict --format json` prints (`"path": "-"` stands for the request body).
 pub async fn predictions(
     State(app): Shared,
-    Path(name): Path<String>,
-    Query(query): Query<TopK>,
+    name: Result<Path<String>, PathRejection>,
+    query: Result<Query<TopK>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Fault> {
+    let (name, query) = (rejected(name)?.0, rejected(query)?.0);
     app.check_model(&ModelPath {
         name,
         version: None,
@@ -227,6 +243,14 @@ pub async fn predictions(
     Ok(Json(json!([{ "path": "-", "predictions": predictions }])).into_response())
 }
 
+/// An extractor's rejection (a path that is not UTF-8, a repeated query key) as JSON.
+fn rejected<T, R: IntoResponse + std::fmt::Display>(extracted: Result<T, R>) -> Result<T, Fault> {
+    extracted.map_err(|r| {
+        let text = r.to_string();
+        Fault::new(r.into_response().status(), text)
+    })
+}
+
 /// `GET /metrics`: Prometheus text.
 pub async fn metrics(State(app): Shared) -> Response {
     (
@@ -256,6 +280,22 @@ pub async fn wrong_method(request: Request) -> Fault {
             request.uri().path()
         ),
     )
+}
+
+/// Answers 503 when a request (reading its body, decoding, waiting for the model) takes longer
+/// than `--timeout-ms`.
+pub async fn deadline(State(app): Shared, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(app.timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => Fault::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the request took longer than {} ms (--timeout-ms)",
+                app.timeout.as_millis()
+            ),
+        )
+        .into_response(),
+    }
 }
 
 /// Counts every request by route and status, and times inference.
@@ -296,16 +336,6 @@ impl App {
         }
     }
 
-    fn check_count(&self, n: usize) -> Result<(), Fault> {
-        let most = self.max_request_images();
-        if n > most {
-            return Err(Fault::bad(format!(
-                "the request holds {n} images; at most {most} per request (8 x --max-batch-size)"
-            )));
-        }
-        Ok(())
-    }
-
     /// Decodes and preprocesses encoded images off the async threads; `body` names a lone
     /// image "the request body" in errors, else each is `inputs[0] element I`.
     async fn preprocess(
@@ -327,9 +357,10 @@ impl App {
                 } else {
                     format!("inputs[0] element {i}")
                 };
-                let image =
-                    decode_rgb_bytes(bytes, &name).map_err(|e| Fault::bad(e.to_string()))?;
-                infer::preprocess(&app.info, &image, &mut inputs);
+                let image = decode_rgb_bytes(bytes, &name, MAX_DECODE_BYTES)
+                    .map_err(|e| Fault::bad(e.to_string()))?;
+                infer::preprocess(&app.info, &image, &mut inputs)
+                    .map_err(|why| Fault::bad(format!("{name}: {why}")))?;
             }
             Ok(inputs)
         })
@@ -344,6 +375,16 @@ impl App {
 
     /// Queues `n` inputs for the model and waits for their logits, at most the timeout.
     async fn score(&self, inputs: Vec<f32>, n: usize) -> Result<Vec<f32>, Fault> {
+        // Bounded work: past the queue's capacity a request is turned away, not queued.
+        let Ok(_queued) = self.queued.try_acquire_many(n as u32) else {
+            return Err(Fault::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "the server is at capacity ({} images queued or being scored); retry",
+                    self.queue_capacity
+                ),
+            ));
+        };
         let (reply, logits) = tokio::sync::oneshot::channel();
         if !self.batcher.submit(Job { inputs, n, reply }) {
             return Err(Fault::new(

@@ -294,7 +294,8 @@ fn serves_the_models_logits_in_json_and_binary_and_images_as_predict_scores_them
     let images = [png(1), png(90)];
     let mut x = Vec::new();
     for (i, bytes) in images.iter().enumerate() {
-        scorer.preprocess(&decode_rgb_bytes(bytes, &i.to_string()).unwrap(), &mut x);
+        let image = decode_rgb_bytes(bytes, &i.to_string(), 1 << 26).unwrap();
+        scorer.preprocess(&image, &mut x).unwrap();
     }
     let expected = scorer.logits(x, 2);
     let b64: Vec<String> = images
@@ -325,6 +326,31 @@ fn serves_the_models_logits_in_json_and_binary_and_images_as_predict_scores_them
     );
     assert_eq!(rest, format!("{best}:{}", ["cat", "dog", "emu"][best]));
 
+    // Encoded images in the binary extension: each a 4-byte little-endian length, then bytes.
+    let blob: Vec<u8> = images
+        .iter()
+        .flat_map(|b| {
+            (b.len() as u32)
+                .to_le_bytes()
+                .into_iter()
+                .chain(b.iter().copied())
+        })
+        .collect();
+    let header = json!({"inputs": [{"name": "input", "shape": [2, 1], "datatype": "BYTES", "parameters": {"binary_data_size": blob.len()}}]}).to_string();
+    let mut body = header.clone().into_bytes();
+    body.extend(&blob);
+    let length = header.len().to_string();
+    let (status, _, raw) = http(
+        addr,
+        "POST",
+        infer_path(),
+        &[AUTH, ("Inference-Header-Content-Length", &length)],
+        &body,
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&raw));
+    let out: Value = serde_json::from_slice(&raw).unwrap();
+    assert_close(&floats(&out["outputs"][0]["data"]), &expected, 1e-5);
+
     // curl's route: an image body, predict's JSON shape.
     let (status, _, raw) = http(
         addr,
@@ -344,7 +370,7 @@ fn serves_the_models_logits_in_json_and_binary_and_images_as_predict_scores_them
     assert_eq!(status, 200);
     let metrics = String::from_utf8(metrics).unwrap();
     assert!(
-        metrics.contains("kiln_serve_requests_total{route=\"infer\",code=\"200\"} 4"),
+        metrics.contains("kiln_serve_requests_total{route=\"infer\",code=\"200\"} 5"),
         "{metrics}"
     );
     assert!(metrics.contains("kiln_serve_ready 1"), "{metrics}");
@@ -376,6 +402,29 @@ fn keys_guard_everything_but_health() {
         assert_eq!(http(addr, "GET", "/metrics", &headers, b"").0, 401);
         assert_eq!(http(addr, "GET", "/v2/models/digits", &headers, b"").0, 401);
     }
+    // Paths that only look like the open health routes still need a key.
+    for path in [
+        "/v2/health/ready/../models/digits/infer",
+        "/v2/health/%72eady/../../models/digits/infer",
+        "//v2/models/digits/infer",
+        "/v2/health/live/../../v2/models/digits/infer",
+    ] {
+        let (status, _, _) = http(addr, "POST", path, &[], body.as_bytes());
+        assert!(status == 401 || status == 404, "{path}: {status}");
+    }
+    // The scheme's name is case-insensitive.
+    let lower = format!("bearer {KEY}");
+    assert_eq!(
+        http(
+            addr,
+            "POST",
+            infer_path(),
+            &[("Authorization", &lower)],
+            body.as_bytes()
+        )
+        .0,
+        200
+    );
     for key in [KEY, SECOND] {
         let auth = format!("Bearer {key}");
         let (status, _, _) = http(
@@ -422,7 +471,8 @@ fn bad_requests_get_named_errors_and_the_server_keeps_answering() {
         (json!({"inputs": [{"name": "input", "shape": [1, 3, SIZE, SIZE], "datatype": "FP32", "data": vec![0.0; n]}], "outputs": [{"name": "probs"}]}).to_string().into(), "'probs'"),
         (json!({"inputs": [{"name": "input", "shape": [1, 3, SIZE, SIZE], "datatype": "FP32", "data": vec![0.0; n]}], "outputs": [{"name": "logits", "parameters": {"classification": 0}}]}).to_string().into(), "classification 0"),
         (json!({"inputs": [{"name": "input", "shape": -1, "datatype": "FP32"}]}).to_string().into(), "inputs[0].shape"),
-        (json!({"input": []}).to_string().into(), "unknown field `input`"),
+        (json!({"input": []}).to_string().into(), "missing field `inputs`"),
+        (json!({"inputs": [{"name": "input", "shape": [65], "datatype": "BYTES", "data": vec!["aGVsbG8="; 65]}]}).to_string().into(), "holds 65 images; at most 64"),
     ];
     for (body, expected) in &bad {
         let (status, _, raw) = http(addr, "POST", infer_path(), &[AUTH], body);
@@ -468,6 +518,28 @@ fn bad_requests_get_named_errors_and_the_server_keeps_answering() {
             String::from_utf8_lossy(&raw)
         );
     }
+    // An image so elongated that resizing it would take gigabytes, refused before it is.
+    let thin = image::RgbImage::new(1, 16_384);
+    let mut encoded = std::io::Cursor::new(Vec::new());
+    thin.write_to(&mut encoded, image::ImageFormat::Png)
+        .unwrap();
+    let (status, _, raw) = http(
+        addr,
+        "POST",
+        "/predictions/digits",
+        &[AUTH],
+        encoded.get_ref(),
+    );
+    assert_eq!(status, 400);
+    assert!(
+        String::from_utf8_lossy(&raw).contains("too elongated"),
+        "{}",
+        String::from_utf8_lossy(&raw)
+    );
+    // A path that is not UTF-8: a JSON error too.
+    let (status, body) = get_json(addr, "/v2/models/%FF/ready", &[AUTH]);
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].is_string(), "{body}");
     // Unknown model, version, route and method.
     assert_eq!(post_json(addr, "/v2/models/other/infer", &good).0, 404);
     assert_eq!(
@@ -569,4 +641,79 @@ fn ready_only_after_loading_and_a_stop_finishes_requests_in_flight() {
         TcpStream::connect(addr).is_err(),
         "nothing listens after the stop"
     );
+}
+
+#[test]
+fn two_model_copies_share_the_queue_without_stalling() {
+    let dir = model_dir("serve-workers");
+    let mut opts = options(limits(4, 30));
+    opts.workers = 2;
+    opts.timeout = Duration::from_secs(20);
+    let server = Server::start(&dir, opts);
+    server.wait_ready();
+    let addr = server.addr;
+    let scorer = Scorer::load(&dir, &Device::flex()).unwrap();
+    let started = Instant::now();
+    // Requests of 1 to 3 images: some overfill a batch and start the next one.
+    let clients: Vec<_> = (0..12u32)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let n = 1 + i as usize % 3;
+                let x = inputs(n, i);
+                let (status, out) = post_json(
+                    addr,
+                    infer_path(),
+                    &json!({"inputs": [{"name": "input", "shape": [n, 3, SIZE, SIZE], "datatype": "FP32", "data": x}]}),
+                );
+                assert_eq!(status, 200, "{out}");
+                (x, n, floats(&out["outputs"][0]["data"]))
+            })
+        })
+        .collect();
+    for client in clients {
+        let (x, n, logits) = client.join().unwrap();
+        assert_close(&logits, &scorer.logits(x, n), 1e-4);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    server.stop().unwrap();
+}
+
+#[test]
+fn a_request_past_its_timeout_gets_503_and_the_server_goes_on() {
+    let dir = model_dir("serve-timeout");
+    let mut opts = options(limits(8, 1500));
+    opts.timeout = Duration::from_millis(300);
+    let server = Server::start(&dir, opts);
+    server.wait_ready();
+    let good = json!({"inputs": [{"name": "input", "shape": [1, 3, SIZE, SIZE], "datatype": "FP32", "data": inputs(1, 2)}]});
+    let (status, out) = post_json(server.addr, infer_path(), &good);
+    assert_eq!(status, 503, "{out}");
+    assert!(
+        out["error"].as_str().unwrap().contains("--timeout-ms"),
+        "{out}"
+    );
+    // A full batch goes at once, inside the timeout.
+    let eight = json!({"inputs": [{"name": "input", "shape": [8, 3, SIZE, SIZE], "datatype": "FP32", "data": inputs(8, 2)}]});
+    let (status, out) = post_json(server.addr, infer_path(), &eight);
+    assert_eq!(status, 200, "{out}");
+    server.stop().unwrap();
+}
+
+#[test]
+fn a_model_that_cannot_load_stops_the_server_with_the_reason() {
+    let dir = model_dir("serve-broken");
+    std::fs::write(dir.join("model.safetensors"), b"not weights").unwrap();
+    let server = Server::start(&dir, options(limits(4, 1)));
+    let error = server
+        .done
+        .unwrap()
+        .join()
+        .unwrap()
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("cannot load the model from"), "{error}");
 }

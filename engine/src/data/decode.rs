@@ -18,12 +18,13 @@ pub const MAX_ALLOC: u64 = 1 << 30;
 pub fn decode_rgb(path: &Path) -> Result<RgbImage, EngineError> {
     let name = path.display().to_string();
     let reader = ImageReader::open(path).map_err(|e| bad(&name, e.to_string()))?;
-    decode(reader, &name)
+    decode(reader, &name, MAX_ALLOC)
 }
 
-/// Decodes an encoded image held in memory (a request body); `name` names it in errors.
-pub fn decode_rgb_bytes(bytes: &[u8], name: &str) -> Result<RgbImage, EngineError> {
-    decode(ImageReader::new(Cursor::new(bytes)), name)
+/// Decodes an encoded image held in memory (a request body), allocating at most `max_alloc`
+/// bytes; `name` names it in errors.
+pub fn decode_rgb_bytes(bytes: &[u8], name: &str, max_alloc: u64) -> Result<RgbImage, EngineError> {
+    decode(ImageReader::new(Cursor::new(bytes)), name, max_alloc)
 }
 
 fn bad(name: &str, reason: String) -> EngineError {
@@ -33,19 +34,26 @@ fn bad(name: &str, reason: String) -> EngineError {
     }
 }
 
-fn decode<R: BufRead + Seek>(reader: ImageReader<R>, name: &str) -> Result<RgbImage, EngineError> {
+fn decode<R: BufRead + Seek>(
+    reader: ImageReader<R>,
+    name: &str,
+    max_alloc: u64,
+) -> Result<RgbImage, EngineError> {
     let mut reader = reader
         .with_guessed_format()
         .map_err(|e| bad(name, e.to_string()))?;
     let mut limits = Limits::default();
     limits.max_image_width = Some(MAX_SIDE);
     limits.max_image_height = Some(MAX_SIDE);
-    limits.max_alloc = Some(MAX_ALLOC);
+    limits.max_alloc = Some(max_alloc);
     reader.limits(limits);
     let image = reader.decode().map_err(|e| match e {
         image::ImageError::Limits(l) => bad(
             name,
-            format!("{l}: larger than the {MAX_SIDE}x{MAX_SIDE} limit (a decompression bomb?)"),
+            format!(
+                "{l}: over the limit of {MAX_SIDE}x{MAX_SIDE} pixels and {max_alloc} bytes \
+                 decoded (a decompression bomb?)"
+            ),
         ),
         other => bad(name, other.to_string()),
     })?;

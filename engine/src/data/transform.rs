@@ -79,6 +79,25 @@ pub fn center_crop(image: &RgbImage, size: u32) -> RgbImage {
     out
 }
 
+/// Most pixels the validation transform's resize may produce: an image far longer than wide
+/// would otherwise be resized to gigabytes before its centre is cropped.
+pub const MAX_RESIZED_PIXELS: u64 = 1 << 24;
+
+/// Whether [`eval_transform`] of a `w` x `h` image at `size` stays within
+/// [`MAX_RESIZED_PIXELS`]; the error says what it would take.
+pub fn check_eval_size(w: u32, h: u32, size: u32) -> Result<(), String> {
+    let side = (size * 256 / 224) as u64;
+    let (short, long) = (w.min(h).max(1) as u64, w.max(h) as u64);
+    let resized = side * (long * side / short).max(1);
+    if resized > MAX_RESIZED_PIXELS {
+        return Err(format!(
+            "a {w}x{h} image is too elongated: with its shorter side resized to {side} it \
+             would hold {resized} pixels, over the limit of {MAX_RESIZED_PIXELS}"
+        ));
+    }
+    Ok(())
+}
+
 /// Validation transform: `Resize(size * 256 / 224)` then `CenterCrop(size)`.
 pub fn eval_transform(image: &RgbImage, size: u32) -> RgbImage {
     center_crop(&resize_shorter(image, size * 256 / 224), size)
@@ -131,5 +150,21 @@ pub fn normalize_into(image: &RgbImage, mean: [f32; 3], std: [f32; 3], out: &mut
                 .chunks_exact(3)
                 .map(|p| (p[c] as f32 / 255.0 - m) / s),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn elongated_images_are_refused_before_their_resize() {
+        assert!(check_eval_size(640, 480, 224).is_ok());
+        assert!(check_eval_size(28, 28, 64).is_ok());
+        // 1 x 16384 at 224 would be resized to 256 x 4,194,304.
+        let e = check_eval_size(1, 16_384, 224).unwrap_err();
+        assert!(e.contains("1x16384") && e.contains("too elongated"), "{e}");
+        assert!(check_eval_size(16_384, 1, 64).is_err());
+        assert!(check_eval_size(16_384, 1, 8).is_ok());
     }
 }
