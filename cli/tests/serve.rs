@@ -538,3 +538,26 @@ fn bad_options_are_refused_by_name_before_anything_listens() {
         );
     }
 }
+
+#[test]
+fn no_auth_serves_loopback_clients_without_a_key() {
+    let root = temp_dir("serve-no-auth");
+    let home = root.join("home");
+    let model = registered_model(&home);
+    let served = Served::start(
+        &home,
+        &[model.to_str().unwrap(), "--name", "digits", "--no-auth"],
+        None,
+    );
+    assert!(
+        !served.before.iter().any(|l| l.contains("generated")),
+        "{:?}",
+        served.before
+    );
+    served.wait_for("ready");
+    let body = infer_body(&inputs(1), 1);
+    assert_eq!(
+        post(served.addr, "/v2/models/digits/infer", "", &body).0,
+        200
+    );
+}
