@@ -82,11 +82,22 @@ fn predict_refuses_bad_model_descriptions_top_k_and_empty_inputs() {
     let image = dir.join("x.png");
     image::RgbImage::new(40, 40).save(&image).expect("png");
     type Edit = fn(&mut serde_json::Value);
-    let cases: [(&str, Edit, &str); 6] = [
+    let cases: [(&str, Edit, &str); 8] = [
         (
             "std-zero",
             |j| j["std"][1] = 0.0.into(),
             "std: 0 is out of range",
+        ),
+        // Positive and finite, yet every pixel normalises to an infinity.
+        (
+            "std-tiny",
+            |j| j["std"][2] = 1e-40.into(),
+            "mean[2] 0.5 and std[2] 0.0000",
+        ),
+        (
+            "mean-huge",
+            |j| j["mean"][0] = 3e38.into(),
+            "turn pixel values 0 to 1 into infinities",
         ),
         (
             "size-zero",

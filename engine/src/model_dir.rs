@@ -107,6 +107,17 @@ impl ModelInfo {
                 "std: {s} is out of range; expected a positive number"
             ));
         }
+        // Pixels from 0 to 1 must stay finite once normalised: a std of 1e-40 or a mean of
+        // 1e38 passes the checks above but turns every input into infinities.
+        for (c, (m, s)) in self.mean.iter().zip(&self.std).enumerate() {
+            if ![0.0f32, 1.0].iter().all(|x| ((x - m) / s).is_finite()) {
+                return Err(format!(
+                    "mean[{c}] {m} and std[{c}] {s} turn pixel values 0 to 1 into \
+                     infinities; expected a mean and std of the scale of the pixels (e.g. \
+                     ImageNet's 0.485 and 0.229)"
+                ));
+            }
+        }
         Ok(())
     }
 }

@@ -424,6 +424,68 @@ fn imports_fashion_mnist_idx_to_an_image_folder() {
 }
 
 #[test]
+fn idx_headers_are_checked_before_anything_is_allocated() {
+    let src = temp_dir("idx-headers");
+    let raw = |name: &str, bytes: &[u8]| {
+        let path = src.join(name);
+        std::fs::write(&path, bytes).expect("write");
+        path
+    };
+    let dims = |dims: &[u32]| {
+        let mut bytes = vec![0, 0, 8, dims.len() as u8];
+        for d in dims {
+            bytes.extend(d.to_be_bytes());
+        }
+        bytes
+    };
+    let cases = [
+        // Dimensions whose product overflows usize, and a product past the limit: both
+        // refused from the header, not by a panic or a 4 GB read.
+        (
+            "overflow",
+            dims(&[u32::MAX, u32::MAX, u32::MAX]),
+            "make more than",
+        ),
+        ("huge", dims(&[60_000, 28_000, 28_000]), "make more than"),
+        // More values than the header says.
+        (
+            "trailing",
+            [dims(&[2]), vec![1, 2, 3]].concat(),
+            "need 2 values, the file has more",
+        ),
+        ("no-header", vec![0, 0], "header [00, 00]"),
+        ("short-dims", vec![0, 0, 8, 2, 0, 0], "truncated header"),
+    ];
+    for (name, bytes, message) in cases {
+        let msg = read_idx(&raw(name, &bytes)).expect_err(name).to_string();
+        assert!(msg.contains(name) && msg.contains(message), "{name}: {msg}");
+    }
+
+    // Images of no rows or no columns: refused by file, and nothing written.
+    let dest = src.join("dest");
+    for split in ["train", "t10k"] {
+        write_idx(
+            &src.join(format!("{split}-images-idx3-ubyte.gz")),
+            &[2, 0, 5],
+            &[],
+        );
+        write_idx(
+            &src.join(format!("{split}-labels-idx1-ubyte.gz")),
+            &[2],
+            &[0, 1],
+        );
+    }
+    let msg = import_fashion_mnist(&src, &dest, ImportLimit::default())
+        .expect_err("no rows")
+        .to_string();
+    assert!(
+        msg.contains("train-images-idx3-ubyte.gz") && msg.contains("at least one row"),
+        "{msg}"
+    );
+    assert!(!dest.exists());
+}
+
+#[test]
 fn class_folders_are_read_as_they_are_on_disk() {
     use std::os::unix::ffi::OsStrExt;
     // A class folder whose name is not UTF-8: refused by path, not silently dropped.

@@ -332,7 +332,23 @@ pub fn classifier_classes(arch: Arch, state: &StateDict) -> Option<usize> {
     } else {
         "fc.weight"
     };
-    state.get(key).map(|w| w.shape()[0])
+    state.get(key).and_then(|w| w.shape().first().copied())
+}
+
+/// The most classes a weights file's classifier may have (ImageNet-21k has 21,841): beyond
+/// it the classifier alone would take gigabytes, so the file is refused before it is built.
+pub const MAX_CLASSES: usize = 100_000;
+
+/// Refuses a class count taken from the weights file at `path` that no model can be built for.
+pub fn check_classes(num_classes: usize, path: &Path) -> Result<(), ModelError> {
+    if (1..=MAX_CLASSES).contains(&num_classes) {
+        return Ok(());
+    }
+    Err(ModelError::BadFile {
+        path: path.to_path_buf(),
+        reason: format!("its classifier has {num_classes} classes"),
+        expected: "a classifier of 1 to 100000 classes",
+    })
 }
 
 /// Options of [`load_state_dict`].
@@ -416,20 +432,32 @@ pub fn load(
     device: &Device,
 ) -> Result<Model, ModelError> {
     let state = read_state_dict(path)?;
+    let from_file = classifier_classes(arch, &state);
+    if num_classes.is_none()
+        && let Some(n) = from_file
+    {
+        check_classes(n, path)?;
+    }
     let num_classes = num_classes
-        .or_else(|| classifier_classes(arch, &state))
+        .or(from_file)
         .ok_or_else(|| ModelError::Mismatch {
             path: PathBuf::from(path),
             arch: arch.name().to_string(),
             num_classes: 0,
-            detail: format!(
-                "no classifier key '{}' to take the class count from",
-                if arch.is_densenet() {
+            detail: {
+                let key = if arch.is_densenet() {
                     "classifier.weight"
                 } else {
                     "fc.weight"
+                };
+                match state.get(key) {
+                    Some(w) => format!(
+                        "key '{key}' has shape {:?}; expected [classes, features]",
+                        w.shape().as_slice()
+                    ),
+                    None => format!("no classifier key '{key}' to take the class count from"),
                 }
-            ),
+            },
         })?;
     load_state_dict(
         arch.init(num_classes, device),

@@ -247,3 +247,52 @@ fn write_to_an_unwritable_path_names_it() {
         .to_string();
     assert!(msg.contains("/nonexistent-dir/model.safetensors"), "{msg}");
 }
+
+/// A safetensors file of f32 tensors of the given shapes (values all zero).
+fn write_shapes(name: &str, tensors: &[(&str, &[usize])]) -> std::path::PathBuf {
+    let blobs: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|(_, shape)| vec![0u8; 4 * shape.iter().product::<usize>()])
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .zip(&blobs)
+        .map(|((key, shape), blob)| {
+            let view =
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.to_vec(), blob)
+                    .expect("view");
+            (key.to_string(), view)
+        })
+        .collect();
+    let path = tmp(name);
+    safetensors::serialize_to_file(views, None, &path).expect("write");
+    path
+}
+
+#[test]
+fn a_classifier_no_model_can_be_built_for_is_refused_before_building_it() {
+    // 300,000 classes of one feature: a small file whose model would need 600 MB of classifier
+    // on resnet18's 512 features, refused by count before anything is built.
+    let wide = write_shapes("wide.safetensors", &[("fc.weight", &[300_000, 1])]);
+    let msg = torchvision::load(Arch::Resnet18, &wide, None, &flex())
+        .expect_err("too many classes")
+        .to_string();
+    assert!(
+        msg.contains("wide.safetensors") && msg.contains("300000 classes") && msg.contains("1 to"),
+        "{msg}"
+    );
+    // A classifier of no rows, or of no shape at all, names the key and its shape.
+    let empty = write_shapes("empty-fc.safetensors", &[("fc.weight", &[0, 512])]);
+    let msg = torchvision::load(Arch::Resnet18, &empty, None, &flex())
+        .expect_err("no classes")
+        .to_string();
+    assert!(msg.contains("0 classes"), "{msg}");
+    let scalar = write_shapes("scalar-fc.safetensors", &[("fc.weight", &[])]);
+    let msg = torchvision::load(Arch::Resnet18, &scalar, None, &flex())
+        .expect_err("a scalar classifier")
+        .to_string();
+    assert!(
+        msg.contains("scalar-fc.safetensors") && msg.contains("'fc.weight' has shape []"),
+        "{msg}"
+    );
+}

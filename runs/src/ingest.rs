@@ -12,15 +12,17 @@ use crate::error::RunsError;
 use crate::history::Metric;
 
 /// Reads complete lines appended to a metrics file since the last poll.
-pub(crate) struct MetricsTail {
+pub struct MetricsTail {
     path: PathBuf,
     offset: u64,
     partial: Vec<u8>,
-    pub(crate) bad_lines: usize,
+    /// Lines read so far that were not metric records (skipped).
+    pub bad_lines: usize,
 }
 
 impl MetricsTail {
-    pub(crate) fn new(path: PathBuf) -> Self {
+    /// A reader of `path` from its start (the file need not exist yet).
+    pub fn new(path: PathBuf) -> Self {
         Self {
             path,
             offset: 0,
@@ -29,7 +31,8 @@ impl MetricsTail {
         }
     }
 
-    pub(crate) fn poll(&mut self) -> Vec<Metric> {
+    /// The records in the complete lines appended since the last poll.
+    pub fn poll(&mut self) -> Vec<Metric> {
         let Ok(mut file) = File::open(&self.path) else {
             return Vec::new();
         };
@@ -49,7 +52,7 @@ impl MetricsTail {
     }
 
     /// A last line without its newline still counts once the program has ended.
-    pub(crate) fn finish(&mut self) -> Vec<Metric> {
+    pub fn finish(&mut self) -> Vec<Metric> {
         let rest = std::mem::take(&mut self.partial);
         self.parse(&rest)
     }

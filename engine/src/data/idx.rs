@@ -33,6 +33,10 @@ pub struct Idx {
     pub data: Vec<u8>,
 }
 
+/// The most values one IDX file may hold (Fashion-MNIST's largest holds 47 million): the
+/// header's dimensions are checked against it before anything is allocated.
+pub const MAX_IDX_VALUES: usize = 256 << 20;
+
 /// Reads an IDX file of unsigned bytes, gunzipping it when its name ends in `.gz`.
 pub fn read_idx(path: &Path) -> Result<Idx, EngineError> {
     let bad = |reason: String| EngineError::BadInput {
@@ -46,33 +50,53 @@ pub fn read_idx(path: &Path) -> Result<Idx, EngineError> {
     } else {
         Box::new(BufReader::new(file))
     };
-    let mut bytes = Vec::new();
-    reader
-        .read_to_end(&mut bytes)
+    let mut head = Vec::with_capacity(4);
+    (&mut reader)
+        .take(4)
+        .read_to_end(&mut head)
         .map_err(|e| bad(e.to_string()))?;
-    if bytes.len() < 4 || bytes[0] != 0 || bytes[1] != 0 || bytes[2] != 0x08 {
-        return Err(bad(format!("header {:02x?}", &bytes[..bytes.len().min(4)])));
+    if head.len() < 4 || head[..3] != [0, 0, 0x08] {
+        return Err(bad(format!("header {head:02x?}")));
     }
-    let ndim = bytes[3] as usize;
-    let header = 4 + 4 * ndim;
-    if bytes.len() < header {
+    let ndim = head[3] as usize;
+    let mut dims_bytes = Vec::with_capacity(4 * ndim);
+    (&mut reader)
+        .take(4 * ndim as u64)
+        .read_to_end(&mut dims_bytes)
+        .map_err(|e| bad(e.to_string()))?;
+    if dims_bytes.len() < 4 * ndim {
         return Err(bad("truncated header".into()));
     }
-    let dims: Vec<usize> = (0..ndim)
-        .map(|i| {
-            let b = &bytes[4 + 4 * i..8 + 4 * i];
-            u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize
-        })
+    let dims: Vec<usize> = dims_bytes
+        .chunks_exact(4)
+        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
         .collect();
-    let count: usize = dims.iter().product();
-    if bytes.len() - header != count {
+    let count = dims
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .filter(|&n| n <= MAX_IDX_VALUES)
+        .ok_or_else(|| {
+            bad(format!(
+                "dimensions {dims:?} make more than {MAX_IDX_VALUES} values"
+            ))
+        })?;
+    // One byte past the declared values tells a file with trailing data from an exact one.
+    let mut data = Vec::with_capacity((count + 1).min(1 << 20));
+    reader
+        .take(count as u64 + 1)
+        .read_to_end(&mut data)
+        .map_err(|e| bad(e.to_string()))?;
+    if data.len() != count {
+        let has = if data.len() > count {
+            "more".to_string()
+        } else {
+            data.len().to_string()
+        };
         return Err(bad(format!(
-            "dimensions {dims:?} need {count} values, the file has {}",
-            bytes.len() - header
+            "dimensions {dims:?} need {count} values, the file has {has}"
         )));
     }
-    bytes.drain(..header);
-    Ok(Idx { dims, data: bytes })
+    Ok(Idx { dims, data })
 }
 
 /// How many images of each class to write per split (`None`: all of them).
@@ -164,6 +188,13 @@ fn write_split(
             expected: "[count, rows, cols]",
         });
     };
+    if rows == 0 || cols == 0 {
+        return Err(EngineError::BadInput {
+            what: images.display().to_string(),
+            reason: format!("dimensions {:?}", images_idx.dims),
+            expected: "images of at least one row and one column",
+        });
+    }
     if labels_idx.dims != [count] {
         return Err(EngineError::BadInput {
             what: labels.display().to_string(),

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Runs the fuzz targets one after another: fuzz/run.sh [SECONDS] [TARGET...]
+# (default: 600 seconds each, every target). New inputs go to fuzz/corpus/<target>/, crashes
+# to fuzz/artifacts/<target>/ (cargo-fuzz's place); each run ends with libFuzzer's stats.
+set -euo pipefail
+cd "$(dirname "$0")"
+seconds="${1:-600}"
+shift || true
+targets=("$@")
+if [ ${#targets[@]} -eq 0 ]; then
+    targets=(pth safetensors kiln_json job_file idx metrics_jsonl)
+fi
+[ -d seeds/idx ] || python3 seeds.py
+for target in "${targets[@]}"; do
+    mkdir -p "corpus/$target" "artifacts/$target"
+    seeds=()
+    [ -d "seeds/$target" ] && seeds+=("seeds/$target")
+    # torch.save files, zip and legacy pickle, from the weight tests.
+    [ "$target" = pth ] && seeds+=(../models/tests/fixtures)
+    # Safe Rust: no sanitizer; the targets cap single allocations at 1 GiB themselves.
+    cargo +nightly fuzz run --sanitizer none "$target" "corpus/$target" "${seeds[@]}" -- \
+        -max_total_time="$seconds" -timeout=10 -rss_limit_mb=4096 -max_len=262144 \
+        -print_final_stats=1
+done
