@@ -14,11 +14,20 @@ fi
 for target in "${targets[@]}"; do
     mkdir -p "corpus/$target" "artifacts/$target"
     seeds=()
-    [ -d "seeds/$target" ] && seeds+=("seeds/$target")
-    # torch.save files, zip and legacy pickle, from the weight tests.
-    [ "$target" = pth ] && seeds+=(../models/tests/fixtures)
+    if [ -d "seeds/$target" ]; then
+        seeds+=("seeds/$target")
+    fi
+    if [ "$target" = pth ]; then
+        # torch.save files, zip and legacy pickle, from the weight tests.
+        seeds+=(../models/tests/fixtures)
+    fi
+    # The format's keys and edge values, for targets that read text.
+    dict=()
+    if [ -f "dicts/$target.dict" ]; then
+        dict=("-dict=dicts/$target.dict")
+    fi
     # Safe Rust: no sanitizer; the targets cap single allocations at 1 GiB themselves.
     cargo +nightly fuzz run --sanitizer none "$target" "corpus/$target" "${seeds[@]}" -- \
         -max_total_time="$seconds" -timeout=10 -rss_limit_mb=4096 -max_len=262144 \
-        -print_final_stats=1
+        -print_final_stats=1 "${dict[@]}"
 done

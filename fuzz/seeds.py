@@ -65,6 +65,8 @@ def main():
         write("safetensors", f"bn1_{dtype.lower()}.safetensors", safetensors(bn("bn1", 64, dtype)))
     head = {"fc.weight": ("F32", [10, 512]), "fc.bias": ("F32", [10])}
     write("safetensors", "classifier.safetensors", safetensors(head, {"format": "pt"}))
+    tiny = {"fc.weight": ("F32", [1, 1]), "fc.bias": ("F32", [1])}
+    write("safetensors", "classifier_1x1.safetensors", safetensors(tiny))
     counted = dict(bn("layer1.0.bn1", 64, "F32"))
     counted["layer1.0.bn1.num_batches_tracked"] = ("I64", [])
     write("safetensors", "counted.safetensors", safetensors(counted))

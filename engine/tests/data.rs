@@ -485,6 +485,75 @@ fn idx_headers_are_checked_before_anything_is_allocated() {
     assert!(!dest.exists());
 }
 
+/// The inputs in `fuzz/regressions/<target>/` (what the fuzzers found), replayed as their
+/// targets feed them.
+fn fuzz_regressions(target: &str) -> Vec<(String, Vec<u8>)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/regressions")
+        .join(target);
+    let mut inputs: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
+        .expect("fuzz/regressions")
+        .map(|e| {
+            let path = e.expect("entry").path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            (name, std::fs::read(&path).expect("read"))
+        })
+        .collect();
+    inputs.sort();
+    assert!(!inputs.is_empty(), "no inputs in {}", dir.display());
+    inputs
+}
+
+#[test]
+fn fuzz_findings_stay_fixed() {
+    // IDX import: flags byte (bit 0: gzip), the cut between the images and labels files, then
+    // both files; the import is refused by file name and leaves nothing behind.
+    for (name, input) in fuzz_regressions("idx") {
+        let [flags, hi, lo, rest @ ..] = &input[..] else {
+            panic!("{name}: too short");
+        };
+        let cut = (usize::from(*hi) << 8 | usize::from(*lo)).min(rest.len());
+        let (images, labels) = rest.split_at(cut);
+        let src = temp_dir(&format!("fuzz-idx-{name}"));
+        let dest = src.join("dest");
+        for split in ["train", "t10k"] {
+            for (stem, data) in [("images-idx3", images), ("labels-idx1", labels)] {
+                let name = format!("{split}-{stem}-ubyte");
+                if flags & 1 == 1 {
+                    let mut gz =
+                        flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                    std::io::Write::write_all(&mut gz, data).expect("gzip");
+                    let gz = gz.finish().expect("gzip");
+                    std::fs::write(src.join(format!("{name}.gz")), gz).expect("write");
+                } else {
+                    std::fs::write(src.join(name), data).expect("write");
+                }
+            }
+        }
+        let msg = import_fashion_mnist(&src, &dest, ImportLimit::default())
+            .expect_err(&name)
+            .to_string();
+        assert!(
+            msg.contains("-ubyte") && msg.contains("expected"),
+            "{name}: {msg}"
+        );
+        assert!(!dest.exists(), "{name}");
+    }
+    // kiln.json: refused naming the fields, where it was once accepted and made every input
+    // an infinity.
+    for (name, input) in fuzz_regressions("kiln_json") {
+        let dir = temp_dir(&format!("fuzz-kiln-json-{name}"));
+        std::fs::write(dir.join("kiln.json"), &input).expect("write");
+        let msg = kiln_engine::model_dir::read_info(&dir)
+            .expect_err(&name)
+            .to_string();
+        assert!(
+            msg.contains("kiln.json") && msg.contains("into infinities"),
+            "{name}: {msg}"
+        );
+    }
+}
+
 #[test]
 fn class_folders_are_read_as_they_are_on_disk() {
     use std::os::unix::ffi::OsStrExt;
