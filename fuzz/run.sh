@@ -5,6 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 seconds="${1:-600}"
+if ! [[ $seconds =~ ^[0-9]+$ ]]; then
+    echo "usage: fuzz/run.sh [SECONDS] [TARGET...]; SECONDS is a whole number, not '$seconds'" >&2
+    exit 2
+fi
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
@@ -30,4 +34,9 @@ for target in "${targets[@]}"; do
     cargo +nightly fuzz run --sanitizer none "$target" "corpus/$target" "${seeds[@]}" -- \
         -max_total_time="$seconds" -timeout=10 -rss_limit_mb=4096 -max_len=262144 \
         -print_final_stats=1 "${dict[@]}"
+    # The scratch folders of fuzzing processes that have ended.
+    for dir in /dev/shm/kiln-fuzz-* "${TMPDIR:-/tmp}"/kiln-fuzz-*; do
+        [ -d "$dir" ] || continue
+        kill -0 "${dir##*-}" 2>/dev/null || rm -rf "$dir"
+    done
 done

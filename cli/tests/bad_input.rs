@@ -82,7 +82,7 @@ fn predict_refuses_bad_model_descriptions_top_k_and_empty_inputs() {
     let image = dir.join("x.png");
     image::RgbImage::new(40, 40).save(&image).expect("png");
     type Edit = fn(&mut serde_json::Value);
-    let cases: [(&str, Edit, &str); 8] = [
+    let cases: [(&str, Edit, &str); 9] = [
         (
             "std-zero",
             |j| j["std"][1] = 0.0.into(),
@@ -113,6 +113,11 @@ fn predict_refuses_bad_model_descriptions_top_k_and_empty_inputs() {
             "no-classes",
             |j| j["classes"] = serde_json::json!([]),
             "lists no classes",
+        ),
+        (
+            "too-many-classes",
+            |j| j["classes"] = (0..100_001).map(|i| i.to_string()).collect(),
+            "classes: lists 100001 classes; expected at most 100000",
         ),
         (
             "two-means",

@@ -83,13 +83,21 @@ pub fn read_info(dir: &Path) -> Result<(ModelInfo, Arch), EngineError> {
 }
 
 impl ModelInfo {
-    /// What a model directory's description must hold for predictions to mean anything: some
-    /// classes, an image size kiln trains at, and a finite mean and a positive, finite std.
+    /// What a model directory's description must hold for predictions to mean anything: 1 to
+    /// [`torchvision::MAX_CLASSES`] classes, an image size kiln trains at, and a mean and std
+    /// that keep normalised pixels finite.
     pub fn check(&self) -> Result<(), String> {
         if self.classes.is_empty() {
             return Err(
                 "classes: lists no classes; expected the class names in label order".into(),
             );
+        }
+        let max = torchvision::MAX_CLASSES;
+        if self.classes.len() > max {
+            return Err(format!(
+                "classes: lists {} classes; expected at most {max}",
+                self.classes.len()
+            ));
         }
         if !crate::config::IMAGE_SIZES.contains(&self.image_size) {
             return Err(format!(

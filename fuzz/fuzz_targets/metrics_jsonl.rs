@@ -3,19 +3,37 @@
 //! back as they were written.
 #![no_main]
 
-use std::sync::Mutex;
-use std::sync::OnceLock;
+use std::path::PathBuf;
+use std::sync::{Mutex, OnceLock};
 
 use kiln_runs::history::NewRun;
 use kiln_runs::ingest::MetricsTail;
 use kiln_runs::{Metric, RunHistory};
 use libfuzzer_sys::fuzz_target;
 
-fn history() -> &'static Mutex<RunHistory> {
-    static HISTORY: OnceLock<Mutex<RunHistory>> = OnceLock::new();
-    HISTORY.get_or_init(|| {
-        let home = kiln_fuzz::scratch().join("home");
-        Mutex::new(RunHistory::open(&home).expect("a run history"))
+/// Runs a history holds before the next one is started, so a long run does not grow it without
+/// bound in the scratch folder (which is in memory).
+const RUNS_PER_HISTORY: usize = 10_000;
+
+/// The history the records go to: the `generation`th, holding `runs` runs.
+struct Store {
+    history: RunHistory,
+    generation: usize,
+    runs: usize,
+}
+
+fn home(generation: usize) -> PathBuf {
+    kiln_fuzz::scratch().join(format!("home-{generation}"))
+}
+
+fn store() -> &'static Mutex<Store> {
+    static STORE: OnceLock<Mutex<Store>> = OnceLock::new();
+    STORE.get_or_init(|| {
+        Mutex::new(Store {
+            history: RunHistory::open(&home(0)).expect("a run history"),
+            generation: 0,
+            runs: 0,
+        })
     })
 }
 
@@ -24,7 +42,17 @@ fuzz_target!(|data: &[u8]| {
     let mut tail = MetricsTail::new(path);
     let mut metrics = tail.poll();
     metrics.extend(tail.finish());
-    let mut history = history().lock().unwrap();
+    let mut store = store().lock().unwrap();
+    if store.runs == RUNS_PER_HISTORY {
+        let old = home(store.generation);
+        store.generation += 1;
+        // The old history is closed (dropped) before its folder is removed.
+        store.history = RunHistory::open(&home(store.generation)).expect("a run history");
+        store.runs = 0;
+        std::fs::remove_dir_all(old).expect("the old history removed");
+    }
+    store.runs += 1;
+    let history = &mut store.history;
     let id = history
         .create_run(&NewRun {
             name: "fuzz",

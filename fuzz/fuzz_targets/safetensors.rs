@@ -21,9 +21,12 @@ fuzz_target!(|data: &[u8]| {
     let Ok(state) = torchvision::read_state_dict(&path) else {
         return;
     };
-    // The class count `load` would build the model with must be refused when out of range.
-    if let Some(classes) = torchvision::classifier_classes(Arch::Resnet18, &state) {
-        let _ = torchvision::check_classes(classes, &path);
+    // The class count `load` builds the model with: taken from the classifier, or refused.
+    if let Ok(classes) = torchvision::model_classes(Arch::Resnet18, &state, None, &path) {
+        assert!(
+            (1..=torchvision::MAX_CLASSES).contains(&classes),
+            "{classes} classes"
+        );
     }
     let options = LoadOptions {
         allow_missing: true,

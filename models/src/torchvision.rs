@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use burn::module::Module;
 use burn::tensor::{DType, Device, TensorData};
@@ -325,30 +325,60 @@ pub fn read_state_dict(path: &Path) -> Result<StateDict, ModelError> {
     Ok(out)
 }
 
-/// The class count a state dict's classifier (`fc` or `classifier`) was trained for.
-pub fn classifier_classes(arch: Arch, state: &StateDict) -> Option<usize> {
-    let key = if arch.is_densenet() {
-        "classifier.weight"
+/// The prefix of `arch`'s classifier keys in a torchvision state dict.
+fn classifier_prefix(arch: Arch) -> &'static str {
+    if arch.is_densenet() {
+        "classifier."
     } else {
-        "fc.weight"
-    };
-    state.get(key).and_then(|w| w.shape().first().copied())
+        "fc."
+    }
 }
 
-/// The most classes a weights file's classifier may have (ImageNet-21k has 21,841): beyond
-/// it the classifier alone would take gigabytes, so the file is refused before it is built.
+/// The most classes kiln builds a model for (ImageNet-21k has 21,841): beyond it the classifier
+/// alone would take gigabytes, so the count is refused before anything is built.
 pub const MAX_CLASSES: usize = 100_000;
 
-/// Refuses a class count taken from the weights file at `path` that no model can be built for.
-pub fn check_classes(num_classes: usize, path: &Path) -> Result<(), ModelError> {
-    if (1..=MAX_CLASSES).contains(&num_classes) {
-        return Ok(());
-    }
-    Err(ModelError::BadFile {
+/// The class count to build `arch` with for the weights in `state` (read from `path`): `given`
+/// (a model directory's class list), else the rows of the state dict's classifier. Refused
+/// unless it is 1 to [`MAX_CLASSES`].
+pub fn model_classes(
+    arch: Arch,
+    state: &StateDict,
+    given: Option<usize>,
+    path: &Path,
+) -> Result<usize, ModelError> {
+    let mismatch = |num_classes: usize, detail: String| ModelError::Mismatch {
         path: path.to_path_buf(),
-        reason: format!("its classifier has {num_classes} classes"),
-        expected: "a classifier of 1 to 100000 classes",
-    })
+        arch: arch.name().to_string(),
+        num_classes,
+        detail,
+    };
+    let key = format!("{}weight", classifier_prefix(arch));
+    let num_classes = match (given, state.get(&key).map(|w| w.shape())) {
+        (Some(n), _) => n,
+        (None, None) => {
+            return Err(mismatch(
+                0,
+                format!("no classifier key '{key}' to take the class count from"),
+            ));
+        }
+        (None, Some(shape)) => match shape.as_slice() {
+            [rows, _] => *rows,
+            other => {
+                return Err(mismatch(
+                    0,
+                    format!("key '{key}' has shape {other:?}; expected [classes, features]"),
+                ));
+            }
+        },
+    };
+    if !(1..=MAX_CLASSES).contains(&num_classes) {
+        return Err(mismatch(
+            num_classes,
+            format!("kiln builds models of 1 to {MAX_CLASSES} classes"),
+        ));
+    }
+    Ok(num_classes)
 }
 
 /// Options of [`load_state_dict`].
@@ -378,11 +408,7 @@ pub fn load_state_dict(
         detail,
     };
     let expected = state_dict_shapes(&model);
-    let head = if arch.is_densenet() {
-        "classifier."
-    } else {
-        "fc."
-    };
+    let head = classifier_prefix(arch);
     let mut tensors = Vec::with_capacity(state.len());
     for (key, data) in state {
         if options.skip_classifier && key.starts_with(head) {
@@ -432,33 +458,7 @@ pub fn load(
     device: &Device,
 ) -> Result<Model, ModelError> {
     let state = read_state_dict(path)?;
-    let from_file = classifier_classes(arch, &state);
-    if num_classes.is_none()
-        && let Some(n) = from_file
-    {
-        check_classes(n, path)?;
-    }
-    let num_classes = num_classes
-        .or(from_file)
-        .ok_or_else(|| ModelError::Mismatch {
-            path: PathBuf::from(path),
-            arch: arch.name().to_string(),
-            num_classes: 0,
-            detail: {
-                let key = if arch.is_densenet() {
-                    "classifier.weight"
-                } else {
-                    "fc.weight"
-                };
-                match state.get(key) {
-                    Some(w) => format!(
-                        "key '{key}' has shape {:?}; expected [classes, features]",
-                        w.shape().as_slice()
-                    ),
-                    None => format!("no classifier key '{key}' to take the class count from"),
-                }
-            },
-        })?;
+    let num_classes = model_classes(arch, &state, num_classes, path)?;
     load_state_dict(
         arch.init(num_classes, device),
         state,

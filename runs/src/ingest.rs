@@ -16,8 +16,7 @@ pub struct MetricsTail {
     path: PathBuf,
     offset: u64,
     partial: Vec<u8>,
-    /// Lines read so far that were not metric records (skipped).
-    pub bad_lines: usize,
+    bad_lines: usize,
 }
 
 impl MetricsTail {
@@ -29,6 +28,11 @@ impl MetricsTail {
             partial: Vec::new(),
             bad_lines: 0,
         }
+    }
+
+    /// Lines read so far that were not metric records (skipped).
+    pub fn bad_lines(&self) -> usize {
+        self.bad_lines
     }
 
     /// The records in the complete lines appended since the last poll.
@@ -133,7 +137,7 @@ mod tests {
         let second = tail.poll();
         assert_eq!(second.len(), 1);
         assert_eq!((second[0].name.as_str(), second[0].step), ("b", Some(7)));
-        assert_eq!(tail.bad_lines, 1);
+        assert_eq!(tail.bad_lines(), 1);
         let last = tail.finish();
         assert_eq!(last[0].name, "c");
         assert_eq!(last[0].value, None);

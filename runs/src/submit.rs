@@ -193,12 +193,12 @@ fn execute_locked(
     history.set_status(&paths.id, RunStatus::Finalizing)?;
     metrics += history.add_metrics(&paths.id, &ingest.poll())?;
     metrics += history.add_metrics(&paths.id, &ingest.finish())?;
-    if ingest.bad_lines > 0 {
+    if ingest.bad_lines() > 0 {
         append_log(
             &paths,
             &format!(
                 "kiln: {} lines of {} were not metric records and were skipped\n",
-                ingest.bad_lines,
+                ingest.bad_lines(),
                 paths.metrics_file().display()
             ),
         );

@@ -46,7 +46,8 @@ pub fn read_idx(path: &Path) -> Result<Idx, EngineError> {
     };
     let file = File::open(path).map_err(|e| bad(e.to_string()))?;
     let mut reader: Box<dyn Read> = if path.extension().is_some_and(|e| e == "gz") {
-        Box::new(flate2::read::GzDecoder::new(BufReader::new(file)))
+        // Every member of the stream, as `gunzip` reads it, so trailing data is seen.
+        Box::new(flate2::read::MultiGzDecoder::new(BufReader::new(file)))
     } else {
         Box::new(BufReader::new(file))
     };

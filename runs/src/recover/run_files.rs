@@ -233,7 +233,7 @@ pub(super) fn read_metrics(paths: &RunPaths) -> (Vec<Metric>, usize) {
             m.time = m.time.or(Some(t));
         }
     }
-    (metrics, tail.bad_lines)
+    (metrics, tail.bad_lines())
 }
 
 fn seconds(time: SystemTime) -> f64 {
