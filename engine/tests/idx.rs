@@ -7,15 +7,33 @@ use kiln_engine::data::ImageFolder;
 use kiln_engine::data::idx::{FASHION_MNIST_CLASSES, ImportLimit, import_fashion_mnist, read_idx};
 use kiln_engine::kernels::testing::temp_dir;
 
-fn write_idx(path: &Path, dims: &[u32], data: &[u8]) {
+/// An IDX file's bytes: the magic for unsigned bytes, the dimensions, then `data`.
+fn idx_bytes(dims: &[u32], data: &[u8]) -> Vec<u8> {
     let mut bytes = vec![0, 0, 8, dims.len() as u8];
     for d in dims {
         bytes.extend(d.to_be_bytes());
     }
     bytes.extend(data);
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    std::io::Write::write_all(&mut gz, &bytes).expect("gzip");
-    std::fs::write(path, gz.finish().expect("gzip")).expect("write");
+    bytes
+}
+
+/// Writes the four Fashion-MNIST files into `src`, train and t10k alike, gzipped (`.gz`) or
+/// not.
+fn write_fashion_mnist(src: &Path, images: &[u8], labels: &[u8], gz: bool) {
+    for split in ["train", "t10k"] {
+        for (stem, data) in [("images-idx3", images), ("labels-idx1", labels)] {
+            let name = format!("{split}-{stem}-ubyte");
+            if gz {
+                let mut encoder =
+                    flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                std::io::Write::write_all(&mut encoder, data).expect("gzip");
+                let bytes = encoder.finish().expect("gzip");
+                std::fs::write(src.join(format!("{name}.gz")), bytes).expect("write");
+            } else {
+                std::fs::write(src.join(name), data).expect("write");
+            }
+        }
+    }
 }
 
 #[test]
@@ -24,18 +42,12 @@ fn imports_fashion_mnist_idx_to_an_image_folder() {
     let dest = temp_dir("idx-dest");
     let images: Vec<u8> = (0..12 * 4).map(|i| i as u8).collect();
     let labels: Vec<u8> = (0..12).map(|i| (i % 10) as u8).collect();
-    for split in ["train", "t10k"] {
-        write_idx(
-            &src.join(format!("{split}-images-idx3-ubyte.gz")),
-            &[12, 2, 2],
-            &images,
-        );
-        write_idx(
-            &src.join(format!("{split}-labels-idx1-ubyte.gz")),
-            &[12],
-            &labels,
-        );
-    }
+    write_fashion_mnist(
+        &src,
+        &idx_bytes(&[12, 2, 2], &images),
+        &idx_bytes(&[12], &labels),
+        true,
+    );
     let (train, val) = import_fashion_mnist(
         &src,
         &dest,
@@ -74,26 +86,23 @@ fn idx_headers_are_checked_before_anything_is_allocated() {
         std::fs::write(&path, bytes).expect("write");
         path
     };
-    let dims = |dims: &[u32]| {
-        let mut bytes = vec![0, 0, 8, dims.len() as u8];
-        for d in dims {
-            bytes.extend(d.to_be_bytes());
-        }
-        bytes
-    };
     let cases = [
         // Dimensions whose product overflows usize, and a product past the limit: both
         // refused from the header, not by a panic or a 4 GB read.
         (
             "overflow",
-            dims(&[u32::MAX, u32::MAX, u32::MAX]),
+            idx_bytes(&[u32::MAX, u32::MAX, u32::MAX], &[]),
             "make more than",
         ),
-        ("huge", dims(&[60_000, 28_000, 28_000]), "make more than"),
+        (
+            "huge",
+            idx_bytes(&[60_000, 28_000, 28_000], &[]),
+            "make more than",
+        ),
         // More values than the header says.
         (
             "trailing",
-            [dims(&[2]), vec![1, 2, 3]].concat(),
+            idx_bytes(&[2], &[1, 2, 3]),
             "need 2 values, the file has more",
         ),
         ("no-header", vec![0, 0], "header [00, 00]"),
@@ -106,18 +115,12 @@ fn idx_headers_are_checked_before_anything_is_allocated() {
 
     // Images of no rows or no columns: refused by file, and nothing written.
     let dest = src.join("dest");
-    for split in ["train", "t10k"] {
-        write_idx(
-            &src.join(format!("{split}-images-idx3-ubyte.gz")),
-            &[2, 0, 5],
-            &[],
-        );
-        write_idx(
-            &src.join(format!("{split}-labels-idx1-ubyte.gz")),
-            &[2],
-            &[0, 1],
-        );
-    }
+    write_fashion_mnist(
+        &src,
+        &idx_bytes(&[2, 0, 5], &[]),
+        &idx_bytes(&[2], &[0, 1]),
+        true,
+    );
     let msg = import_fashion_mnist(&src, &dest, ImportLimit::default())
         .expect_err("no rows")
         .to_string();
@@ -159,20 +162,7 @@ fn fuzz_findings_stay_fixed() {
         let (images, labels) = rest.split_at(cut);
         let src = temp_dir(&format!("fuzz-idx-{name}"));
         let dest = src.join("dest");
-        for split in ["train", "t10k"] {
-            for (stem, data) in [("images-idx3", images), ("labels-idx1", labels)] {
-                let name = format!("{split}-{stem}-ubyte");
-                if flags & 1 == 1 {
-                    let mut gz =
-                        flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-                    std::io::Write::write_all(&mut gz, data).expect("gzip");
-                    let gz = gz.finish().expect("gzip");
-                    std::fs::write(src.join(format!("{name}.gz")), gz).expect("write");
-                } else {
-                    std::fs::write(src.join(name), data).expect("write");
-                }
-            }
-        }
+        write_fashion_mnist(&src, images, labels, flags & 1 == 1);
         let msg = import_fashion_mnist(&src, &dest, ImportLimit::default())
             .expect_err(&name)
             .to_string();
@@ -207,18 +197,12 @@ fn a_failed_import_leaves_nothing_behind() {
     let labels: Vec<u8> = (0..30)
         .map(|i| if i == 19 { 12 } else { (i % 10) as u8 })
         .collect();
-    for split in ["train", "t10k"] {
-        write_idx(
-            &src.join(format!("{split}-images-idx3-ubyte.gz")),
-            &[30, 2, 2],
-            &images,
-        );
-        write_idx(
-            &src.join(format!("{split}-labels-idx1-ubyte.gz")),
-            &[30],
-            &labels,
-        );
-    }
+    write_fashion_mnist(
+        &src,
+        &idx_bytes(&[30, 2, 2], &images),
+        &idx_bytes(&[30], &labels),
+        true,
+    );
     let limit = || ImportLimit {
         train_per_class: None,
         val_per_class: None,
