@@ -5,8 +5,10 @@
 //! `#[backend_extension]` routes to the impl of the backend the tensors live on:
 //! - `Cube` (wgpu today; cuda/rocm/cpu runtimes too, all one backend type) -> `cube.rs`
 //!   kernels, one pass over param/grad/buf;
-//! - `Flex` -> `reference.rs`, the plain-burn version every device can run.
+//! - `Flex` -> `cpu.rs`, one pass on rayon's pool with the reference's arithmetic, bit for bit;
+//! - `reference.rs`: the plain-burn version every other device runs and the tests compare with.
 
+pub mod cpu;
 pub mod cube;
 pub mod reference;
 
@@ -92,28 +94,14 @@ impl SgdBackend for CubeBackend {
     }
 }
 
-fn flex_tensor(primitive: FloatTensor<Flex>) -> Tensor<1> {
-    crate::flex::to_tensor(primitive)
-}
-
-fn flex_primitive(tensor: Tensor<1>) -> FloatTensor<Flex> {
-    crate::flex::to_primitive(tensor, "sgd_update")
-}
-
-/// Flex runs the reference; a buffer is always returned where momentum is non-zero.
+/// Flex runs the CPU kernel; a buffer is always returned where momentum is non-zero.
 fn flex_step(
     param: FloatTensor<Flex>,
     grad: FloatTensor<Flex>,
     buf: Option<FloatTensor<Flex>>,
     params: SgdParams,
 ) -> (FloatTensor<Flex>, Option<FloatTensor<Flex>>) {
-    let (param, buf) = reference::sgd_update(
-        flex_tensor(param),
-        flex_tensor(grad),
-        buf.map(flex_tensor),
-        &params,
-    );
-    (flex_primitive(param), buf.map(flex_primitive))
+    cpu::sgd_update(param, grad, buf, &params)
 }
 
 impl SgdBackend for Flex {
@@ -146,7 +134,7 @@ impl SgdBackend for Flex {
 }
 
 /// One `torch.optim.SGD` step on a flat parameter; see [`reference::sgd_update`] for the exact
-/// arithmetic. Fused into one kernel pass on cube devices, plain burn ops on flex.
+/// arithmetic. Fused into one pass on cube devices and on flex.
 ///
 /// `momentum_buf` is `None` on the first step (the buffer starts as the gradient, as torch's
 /// does). Inputs may carry autodiff; outputs never do (the caller re-wraps with
@@ -292,6 +280,46 @@ mod tests {
             }
         }
     });
+
+    /// The CPU kernel gives the reference's bits (NaN for NaN), so flex training, its parity
+    /// and resume tests included, is what it was before the kernel.
+    #[test]
+    fn flex_equals_the_reference_bit_for_bit() {
+        let device = crate::testing::flex();
+        let t =
+            |n: usize, seed| Tensor::<1>::from_floats(values(n, seed, true).as_slice(), &device);
+        let bits = |t: Tensor<1>| -> Vec<u32> {
+            let v = t.into_data().try_to_vec::<f32>().unwrap();
+            v.iter()
+                .map(|x| if x.is_nan() { u32::MAX } else { x.to_bits() })
+                .collect()
+        };
+        for &(momentum, dampening, weight_decay, nesterov) in &[
+            (0.0, 0.0, 0.0, false),
+            (0.0, 0.0, 5e-4, false),
+            (0.9, 0.0, 5e-4, false),
+            (0.9, 0.1, 1e-4, true),
+            (0.875, 0.3, 0.0, false),
+        ] {
+            let params = SgdParams {
+                lr: 0.05,
+                momentum,
+                dampening,
+                weight_decay,
+                nesterov,
+            };
+            for n in [1usize, 1031, 3 * (1 << 15) + 17] {
+                for first_step in [true, false] {
+                    let b = (!first_step).then(|| t(n, 2.0));
+                    let (want_p, want_b) =
+                        reference::sgd_update(t(n, 0.0), t(n, 1.0), b.clone(), &params);
+                    let (got_p, got_b) = sgd_update(t(n, 0.0), t(n, 1.0), b, &params);
+                    assert_eq!(bits(got_p), bits(want_p), "{params:?}, n {n}");
+                    assert_eq!(got_b.map(bits), want_b.map(bits), "{params:?}, n {n}");
+                }
+            }
+        }
+    }
 
     // 100 steps against burn's own `Sgd` (momentum, dampening, weight decay, nesterov), with
     // hyper-parameters burn stores as f32 chosen exactly representable.
