@@ -38,10 +38,21 @@ key = "median_images_per_s" if sys.argv[2] == "train" else "images_per_s"
 by = {}
 for r in rows:
     by.setdefault(r["engine"], []).append(r)
+# kiln's rows carry the step's GFLOP/s and the GEMM peak; the peer does the same work an image.
+kiln = [r for r in rows if r.get("gflops")]
+per_image = statistics.median(r["gflops"] / r[key] for r in kiln) if kiln else None
+peak = statistics.median(r["peak_gflops"] for r in kiln if r.get("peak_gflops")) if kiln else None
+if kiln:
+    k = kiln[0]
+    print(f"{k['cpu']}, gemm {k['simd']}, {k['threads']} threads, GEMM peak {peak:.0f} GFLOP/s")
 for engine, rs in by.items():
     ips = statistics.median(r[key] for r in rs)
     rss = max(r.get("peak_rss_mb", 0) for r in rs)
-    print(f"{engine:<12} median img/s {ips:9.1f}   peak RSS {rss:7.0f} MiB   ({len(rs)} rounds)")
+    flops = ""
+    if per_image:
+        gflops = ips * per_image
+        flops = f"   {gflops:6.1f} GFLOP/s" + (f" ({gflops / peak:.0%} of peak)" if peak else "")
+    print(f"{engine:<12} median img/s {ips:9.1f}{flops}   peak RSS {rss:7.0f} MiB   ({len(rs)} rounds)")
 engines = list(by)
 if len(engines) == 2:
     a, b = (statistics.median(r[key] for r in by[e]) for e in engines)

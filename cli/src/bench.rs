@@ -19,8 +19,10 @@ use kiln_engine::data::{Augment, ImageFolder, Loader, LoaderConfig, Sampler};
 use kiln_engine::dist::launcher::{self, LaunchConfig};
 use kiln_engine::dist::rendezvous::Warn;
 use kiln_engine::dist::{ReduceOp, RingAllReduce, Solo, Transport, Wire, WorldInfo};
+use kiln_engine::kernels::{self, cpu_info};
 use kiln_engine::train::loss::cross_entropy;
 use kiln_engine::train::sgd::{Sgd, SgdConfig};
+use kiln_engine::train::threads::{compute_pool, compute_threads};
 use kiln_models::Arch;
 
 /// Arguments of `kiln bench`.
@@ -33,26 +35,7 @@ pub struct BenchArgs {
 #[derive(Subcommand, Debug)]
 enum BenchCommand {
     /// Full training steps (forward, loss, backward, SGD) on synthetic data.
-    Train {
-        /// Architecture.
-        #[arg(long, default_value = "resnet18", value_parser = parse_choice::<Arch>)]
-        arch: Arch,
-        /// Images per step.
-        #[arg(long, default_value_t = 16)]
-        batch_size: usize,
-        /// Image side.
-        #[arg(long, default_value_t = 64)]
-        image_size: usize,
-        /// Timed steps (after 2 warm-up steps).
-        #[arg(long, default_value_t = 10)]
-        steps: usize,
-        /// cpu, wgpu or cuda.
-        #[arg(long, default_value = "cpu", value_parser = parse_choice::<DeviceKind>)]
-        device: DeviceKind,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Train(TrainBench),
     /// kiln's ring allreduce between local worker processes (it starts them itself).
     Allreduce {
         /// Worker processes.
@@ -123,6 +106,32 @@ enum BenchCommand {
     },
 }
 
+/// Arguments of `kiln bench train`.
+#[derive(Args, Debug)]
+struct TrainBench {
+    /// Architecture.
+    #[arg(long, default_value = "resnet18", value_parser = parse_choice::<Arch>)]
+    arch: Arch,
+    /// Images per step.
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+    /// Image side.
+    #[arg(long, default_value_t = 64)]
+    image_size: usize,
+    /// Timed steps (after 2 warm-up steps).
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+    /// cpu, wgpu or cuda.
+    #[arg(long, default_value = "cpu", value_parser = parse_choice::<DeviceKind>)]
+    device: DeviceKind,
+    /// Compute threads (default: the cores this process may use), as `kiln train --threads`.
+    #[arg(long, allow_negative_numbers = true)]
+    threads: Option<usize>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
 /// Runs `kiln bench`.
 pub fn run(args: BenchArgs) -> Result<ExitCode> {
     match args.command {
@@ -132,14 +141,13 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
             iters,
             json,
         } => crate::bench_kernels::run(device, size_mb, iters, json),
-        BenchCommand::Train {
-            arch,
-            batch_size,
-            image_size,
-            steps,
-            device,
-            json,
-        } => train(arch, batch_size, image_size, steps, device, json),
+        BenchCommand::Train(bench) => match bench.threads {
+            Some(n) => {
+                check::count("--threads", n, 1, kiln_engine::config::MAX_THREADS)?;
+                compute_pool(n)?.install(|| train(&bench))
+            }
+            None => train(&bench),
+        },
         BenchCommand::Allreduce {
             nproc,
             size_mb,
@@ -165,15 +173,18 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
 }
 
 /// `kiln bench train`: full SGD steps of `arch` on synthetic data, median of `steps` after two
-/// warm-up steps.
-fn train(
-    arch: Arch,
-    batch_size: usize,
-    image_size: usize,
-    steps: usize,
-    device: DeviceKind,
-    json: bool,
-) -> Result<ExitCode> {
+/// warm-up steps, with the machine they ran on and, on the CPU, the step's GFLOP/s against the
+/// GEMM peak of the same threads.
+fn train(bench: &TrainBench) -> Result<ExitCode> {
+    let &TrainBench {
+        arch,
+        batch_size,
+        image_size,
+        steps,
+        device,
+        json,
+        ..
+    } = bench;
     check::count("--batch-size", batch_size, 1, 65_536)?;
     let sizes = kiln_engine::config::IMAGE_SIZES;
     check::count(
@@ -184,6 +195,9 @@ fn train(
     )?;
     check::count("--steps", steps, 1, 1_000_000)?;
     let device = device.open()?.autodiff();
+    let on_cpu = kernels::is_flex_device(&device);
+    // Measured before the model exists, on an idle pool.
+    let peak = on_cpu.then(|| cpu_info::gemm_peak_gflops(2048));
     let classes = 10;
     device.seed(1);
     let mut model = arch.init(classes, &device);
@@ -216,6 +230,12 @@ fn train(
     }
     let step_ms = median(&times);
     let ips = batch_size as f64 / step_ms * 1e3;
+    // A step is the forward's multiply-adds three times over (forward, input gradient, weight
+    // gradient), two FLOPs each.
+    let step_flops = 6.0 * arch.forward_macs(image_size, classes) as f64 * batch_size as f64;
+    let gflops = step_flops / step_ms / 1e6;
+    let (cpu, simd) = (cpu_info::cpu_model(), cpu_info::gemm_simd());
+    let threads = compute_threads();
     if json {
         println!(
             "{}",
@@ -223,20 +243,30 @@ fn train(
                 "engine": "kiln", "arch": arch.name(), "batch_size": batch_size,
                 "image_size": image_size, "median_images_per_s": ips,
                 "median_step_ms": step_ms, "times_ms": times, "peak_rss_mb": peak_rss_mb(),
+                "cpu": cpu, "simd": on_cpu.then_some(simd), "threads": threads,
+                "gflops": gflops, "peak_gflops": peak,
+                "peak_fraction": peak.map(|p| gflops / p),
             })
         );
     } else {
+        match peak {
+            Some(p) => println!("{cpu}, gemm {simd}, {threads} threads, GEMM peak {p:.0} GFLOP/s"),
+            None => println!("host {cpu}"),
+        }
         println!(
-            "{:<12} {:>6} {:>6} {:>12} {:>10} {:>10}",
-            "arch", "batch", "px", "step ms", "img/s", "RSS MiB"
+            "{:<12} {:>6} {:>6} {:>12} {:>10} {:>10} {:>8} {:>10}",
+            "arch", "batch", "px", "step ms", "img/s", "GFLOP/s", "of peak", "RSS MiB"
         );
+        let share = peak.map_or("-".to_string(), |p| format!("{:.0}%", 100.0 * gflops / p));
         println!(
-            "{:<12} {:>6} {:>6} {:>12.1} {:>10.1} {:>10.0}",
+            "{:<12} {:>6} {:>6} {:>12.1} {:>10.1} {:>10.0} {:>8} {:>10.0}",
             arch.name(),
             batch_size,
             image_size,
             step_ms,
             ips,
+            gflops,
+            share,
             peak_rss_mb()
         );
     }

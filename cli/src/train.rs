@@ -16,6 +16,7 @@ use kiln_engine::dist::rendezvous::Warn;
 use kiln_engine::dist::{RingAllReduce, WorldInfo};
 use kiln_engine::models::Arch;
 use kiln_engine::train::progress::Progress;
+use kiln_engine::train::threads::shared_threads;
 use kiln_engine::train::{TrainConfig, Trainer};
 use kiln_runs::JobSpec;
 use serde::Serialize;
@@ -104,9 +105,13 @@ pub struct TrainArgs {
     /// auto, cpu, wgpu or cuda (auto: the CPU).
     #[arg(long, value_parser = parse_choice::<DeviceKind>)]
     device: Option<DeviceKind>,
-    /// Decode threads (default: the cores available).
+    /// Decode threads (default: the compute threads).
     #[arg(long, allow_negative_numbers = true)]
     workers: Option<usize>,
+    /// Compute threads, one pool for the GEMMs and every other op (default: the cores this
+    /// process may use, shared among the workers on this machine).
+    #[arg(long, allow_negative_numbers = true)]
+    threads: Option<usize>,
     /// Skip images that do not decode, and count them.
     #[arg(long)]
     skip_bad_images: bool,
@@ -243,7 +248,7 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
         None => None,
     };
     // Checked once here, before any worker starts.
-    let config = config(&args)?;
+    let mut config = config(&args)?;
     if let Some(nproc) = args
         .nproc_per_node
         .filter(|_| std::env::var_os("RANK").is_none())
@@ -272,6 +277,10 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
         world.timeout = t;
     }
     let rank = world.rank;
+    // Workers that mpirun or srun started share the machine's cores as the launcher's do.
+    if config.threads.is_none() {
+        config.threads = shared_threads(world.local_world_size);
+    }
     let progress = if rank == 0 {
         Progress::stdout("")
     } else {

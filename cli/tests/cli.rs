@@ -293,6 +293,18 @@ fn bad_option_values_get_the_same_error_on_the_command_line_and_in_a_job_file() 
             "100000 is out of range; expected 8 to 4096",
         ),
         ("workers", "0", "0", "0 is out of range; expected 1 to 1024"),
+        (
+            "threads",
+            "0",
+            "0",
+            "0 is out of range; expected 1 to 1024 compute threads",
+        ),
+        (
+            "threads",
+            "5000",
+            "5000",
+            "5000 is out of range; expected 1 to 1024 compute threads",
+        ),
         ("max_steps_per_epoch", "0", "0", "0 is out of range"),
         (
             "bucket_mb",

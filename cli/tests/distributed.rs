@@ -109,6 +109,19 @@ fn finish(
     }
 }
 
+/// How rank 0's start line names its compute threads when it shares this machine's cores
+/// with `workers - 1` others (or takes `RAYON_NUM_THREADS`, where `from_env` and it is set).
+fn shared_threads(workers: usize, from_env: bool) -> String {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .filter(|_| from_env)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or((cores / workers).max(1));
+    let s = if threads == 1 { "" } else { "s" };
+    format!(", {threads} compute thread{s}")
+}
+
 /// The launcher's children and the rank each was given.
 fn workers_of(launcher: u32) -> Vec<(u32, usize)> {
     let mut out = Vec::new();
@@ -162,6 +175,9 @@ fn nproc_per_node_trains_two_workers_and_rank_0_writes() {
         "only rank 0 reports epochs:\n{stdout}"
     );
     assert!(stdout.contains("images (10 classes)"), "{stdout}");
+    // The launcher shares the cores between its two workers.
+    let threads = shared_threads(2, true);
+    assert!(stdout.contains(&threads), "want {threads}:\n{stdout}");
     assert!(outputs.join("model/model.safetensors").is_file());
     let metrics = std::fs::read_to_string(out.join("logs/metrics.jsonl")).expect("metrics");
     assert!(metrics.lines().count() >= 2 * 8, "{metrics}");
@@ -186,11 +202,13 @@ fn mpirun_starts_the_same_binary() {
     let outputs = out.join("outputs");
     let o = Command::new("mpirun")
         .args(["--allow-run-as-root", "--oversubscribe", "-np", "2"])
-        .args(["-x", "MASTER_PORT", "-x", "RAYON_NUM_THREADS"])
+        .args(["-x", "MASTER_PORT"])
         .arg(env!("CARGO_BIN_EXE_kiln"))
         .args(train_args(&outputs, "1", "4"))
         .env("MASTER_PORT", free_port().to_string())
-        .env("RAYON_NUM_THREADS", "1")
+        // Nothing sets RAYON_NUM_THREADS here: each worker takes its share from mpirun's
+        // local size, not every core.
+        .env_remove("RAYON_NUM_THREADS")
         .current_dir(ROOT)
         .output()
         .expect("mpirun runs");
@@ -201,6 +219,8 @@ fn mpirun_starts_the_same_binary() {
         1,
         "rank 0 alone reports:\n{stdout}"
     );
+    let threads = shared_threads(2, false);
+    assert!(stdout.contains(&threads), "want {threads}:\n{stdout}");
     assert!(
         outputs.join("model/model.safetensors").is_file(),
         "{stdout}\n{stderr}"

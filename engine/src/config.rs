@@ -210,8 +210,13 @@ pub struct TrainConfig {
     pub augment: Augment,
     /// Where training runs (default `auto`).
     pub device: DeviceKind,
-    /// Decode threads (default: the cores available).
+    /// Decode threads (default: the compute threads).
     pub workers: Option<usize>,
+    /// Compute threads: one rayon pool that the convolutions' GEMMs and every other CPU op
+    /// share (default: `RAYON_NUM_THREADS`, else the cores this process may use, read from
+    /// its CPU affinity mask and cgroup quota, divided among the training processes on this
+    /// machine).
+    pub threads: Option<usize>,
     /// Skip undecodable images instead of failing (default off).
     pub skip_bad_images: bool,
     /// Where `model/`, `checkpoints/` and `curves.png` go; `logs/` goes beside it (default
@@ -263,6 +268,7 @@ impl Default for TrainConfig {
             augment: Augment::Standard,
             device: DeviceKind::Auto,
             workers: None,
+            threads: None,
             skip_bad_images: false,
             output_dir: PathBuf::from(DEFAULT_OUTPUT_DIR),
             resume: None,
@@ -277,6 +283,9 @@ impl Default for TrainConfig {
 
 /// The default `output_dir`.
 pub const DEFAULT_OUTPUT_DIR: &str = "outputs";
+
+/// Most compute threads `threads` accepts.
+pub const MAX_THREADS: usize = 1024;
 
 /// Image sides kiln trains on.
 pub const IMAGE_SIZES: std::ops::RangeInclusive<u32> = 8..=4096;
@@ -375,6 +384,12 @@ impl TrainConfig {
                 w,
                 "1 to 1024 decode threads",
             ));
+        }
+        if let Some(t) = self.threads
+            && !(1..=MAX_THREADS).contains(&t)
+        {
+            let expected = format!("1 to {MAX_THREADS} compute threads");
+            return Err(ConfigError::out_of_range("threads", t, &expected));
         }
         if !(self.bucket_mb.is_finite() && self.bucket_mb > 0.0 && self.bucket_mb <= 65536.0) {
             return Err(ConfigError::out_of_range(

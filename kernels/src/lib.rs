@@ -14,11 +14,13 @@
 //! - [`batch_norm`]: training-mode batch norm (+ ReLU) forward and backward in two passes.
 //! - [`max_pool`]: 2-D max pooling forward and backward (the stems' 3x3, stride-2 pool).
 //!
-//! And [`testing`]: the test devices every crate shares and the `test_device!` macro.
+//! And [`cpu_info`]: the CPU's name, the GEMM's SIMD level and its measured peak;
+//! [`testing`]: the test devices every crate shares and the `test_device!` macro.
 
 pub mod batch_norm;
 pub mod bucket;
 pub mod conv2d;
+pub mod cpu_info;
 pub mod cross_entropy;
 mod cube;
 mod flex;

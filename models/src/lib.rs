@@ -16,6 +16,7 @@ pub mod densenet;
 pub mod error;
 pub mod head;
 pub mod layers;
+pub mod macs;
 pub mod norm;
 pub mod onnx;
 pub mod resnet;

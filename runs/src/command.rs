@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use kiln_engine::dist::env::DEFAULT_PORT;
 use kiln_engine::dist::launcher;
 use kiln_engine::env;
+use kiln_engine::train::threads::threads_per_worker;
 
 use crate::error::RunsError;
 use crate::home::RunPaths;
@@ -258,11 +259,6 @@ fn random_token() -> String {
         rand::random::<u64>(),
         rand::random::<u64>()
     )
-}
-
-fn threads_per_worker(workers: usize) -> usize {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    (cores / workers).max(1)
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ use rand::RngCore;
 use crate::dist::env::{DEFAULT_PORT, DEFAULT_TIMEOUT};
 use crate::env;
 use crate::error::EngineError;
+use crate::train::threads::threads_per_worker;
 
 /// Where and how many workers to start.
 #[derive(Debug, Clone)]
@@ -201,7 +202,6 @@ fn worker_env(config: &LaunchConfig) -> Result<Vec<(String, String)>, EngineErro
         None if multi_node => DEFAULT_PORT,
         None => free_port()?,
     };
-    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
     let mut vars = vec![
         (
             "WORLD_SIZE".to_string(),
@@ -224,7 +224,8 @@ fn worker_env(config: &LaunchConfig) -> Result<Vec<(String, String)>, EngineErro
     ];
     // Workers on one machine share its cores rather than each taking all of them.
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
-        vars.push(("RAYON_NUM_THREADS".into(), (cores / n).max(1).to_string()));
+        let threads = threads_per_worker(n);
+        vars.push(("RAYON_NUM_THREADS".into(), threads.to_string()));
     }
     Ok(vars)
 }

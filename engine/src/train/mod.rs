@@ -11,6 +11,7 @@
 //!   schedules, early stopping and the loss.
 //! - [`metrics`], [`tensorboard`], [`progress`], [`curves`]: `metrics.jsonl`, TensorBoard
 //!   event files, the terminal, `curves.png`.
+//! - [`threads`]: the compute thread pool, `--threads` or the cores shared among workers.
 //! - [`allocator`]: the allocator settings that keep a step's buffers from being faulted in
 //!   afresh every step.
 
@@ -28,6 +29,7 @@ pub mod setup;
 pub mod sgd;
 pub mod strategies;
 pub mod tensorboard;
+pub mod threads;
 pub mod trainer;
 
 pub use crate::config::{Monitor, Schedule, TrainConfig};

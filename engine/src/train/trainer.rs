@@ -20,6 +20,7 @@ use crate::train::outputs::{RunFolders, RunWriter, model_info};
 use crate::train::progress::Progress;
 use crate::train::setup::Setup;
 use crate::train::strategies::{DataParallel, Plan, SingleDevice, Strategy};
+use crate::train::threads;
 
 /// Refuses to resume on data whose classes differ from the checkpoint's: the weights' outputs
 /// would no longer mean the labels `kiln.json` gives them.
@@ -150,8 +151,13 @@ impl Trainer {
 
     /// Trains, validates every epoch, stops early or after `epochs`, restores the best
     /// epoch's weights and writes the model directory.
+    /// Runs on a pool of `threads` compute threads when the configuration names a count.
     pub fn fit(mut self) -> Result<TrainSummary, EngineError> {
-        let result = self.run();
+        let result = match self.config.validate().map(|()| self.config.threads) {
+            Ok(Some(n)) => threads::compute_pool(n).and_then(|pool| pool.install(|| self.run())),
+            Ok(None) => self.run(),
+            Err(e) => Err(e.into()),
+        };
         self.strategy.finish(result.as_ref().err())?;
         result
     }
@@ -198,16 +204,18 @@ impl Trainer {
         let resumed_at = c.resume.as_ref().map(|_| state.global_step);
         let mut writer = (rank == 0)
             .then(|| RunWriter::open(folders.clone(), &self.run.run_id, start, &c, resumed_at));
+        let threads = threads::compute_threads();
         self.progress.info(&format!(
             "training {} on {} images ({} classes), validating on {}, {} px, batch {}, {} \
-             steps/epoch",
+             steps/epoch, {threads} compute thread{}",
             setup.arch,
             setup.train.folder.len(),
             setup.classes.len(),
             setup.val.folder.len(),
             setup.image_size,
             c.batch_size,
-            setup.steps_per_epoch
+            setup.steps_per_epoch,
+            if threads == 1 { "" } else { "s" },
         ));
         let mut skipped = 0usize;
         while state.epochs_done < c.epochs && !state.stopped_early {
