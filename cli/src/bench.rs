@@ -22,7 +22,7 @@ use kiln_engine::dist::{ReduceOp, RingAllReduce, Solo, Transport, Wire, WorldInf
 use kiln_engine::kernels::{self, cpu_info};
 use kiln_engine::train::loss::cross_entropy;
 use kiln_engine::train::sgd::{Sgd, SgdConfig};
-use kiln_engine::train::threads::{compute_pool, compute_threads};
+use kiln_engine::train::threads::{compute_pool, compute_threads, default_threads};
 use kiln_models::Arch;
 
 /// Arguments of `kiln bench`.
@@ -141,13 +141,12 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
             iters,
             json,
         } => crate::bench_kernels::run(device, size_mb, iters, json),
-        BenchCommand::Train(bench) => match bench.threads {
-            Some(n) => {
-                check::count("--threads", n, 1, kiln_engine::config::MAX_THREADS)?;
-                compute_pool(n)?.install(|| train(&bench))
-            }
-            None => train(&bench),
-        },
+        BenchCommand::Train(bench) => {
+            let threads = bench.threads.unwrap_or_else(default_threads);
+            check::count("--threads", threads, 1, kiln_engine::config::MAX_THREADS)?;
+            // Inside the pool, as `Trainer::fit` runs.
+            compute_pool(threads)?.install(|| train(&bench))
+        }
         BenchCommand::Allreduce {
             nproc,
             size_mb,

@@ -151,11 +151,13 @@ impl Trainer {
 
     /// Trains, validates every epoch, stops early or after `epochs`, restores the best
     /// epoch's weights and writes the model directory.
-    /// Runs on a pool of `threads` compute threads when the configuration names a count.
+    /// Runs inside a pool of `threads` compute threads (see [`threads`] for why inside).
     pub fn fit(mut self) -> Result<TrainSummary, EngineError> {
-        let result = match self.config.validate().map(|()| self.config.threads) {
-            Ok(Some(n)) => threads::compute_pool(n).and_then(|pool| pool.install(|| self.run())),
-            Ok(None) => self.run(),
+        let result = match self.config.validate() {
+            Ok(()) => {
+                let n = self.config.threads.unwrap_or_else(threads::default_threads);
+                threads::compute_pool(n).and_then(|pool| pool.install(|| self.run()))
+            }
             Err(e) => Err(e.into()),
         };
         self.strategy.finish(result.as_ref().err())?;
