@@ -88,12 +88,13 @@ fn seeded_runs_are_bitwise_identical_and_resume_equals_uninterrupted() {
     assert_eq!(metrics(&run_a), metrics(&run_b), "two seeded runs differ");
     assert_eq!(weights(&run_a.model_dir), weights(&run_b.model_dir));
 
-    // Interrupted after epoch 1: only its checkpoint survives; resume from it.
+    // Interrupted after epoch 2: only its checkpoint survives; resume from it. (Epoch 2's is
+    // always kept, as one of the last two; epoch 1's only while it is the best.)
     let ckpts = c.join("outputs/checkpoints");
     std::fs::create_dir_all(&ckpts).expect("dir");
     let status = std::process::Command::new("cp")
         .arg("-r")
-        .arg(a.join("outputs/checkpoints/epoch-1"))
+        .arg(a.join("outputs/checkpoints/epoch-2"))
         .arg(&ckpts)
         .status()
         .expect("cp");

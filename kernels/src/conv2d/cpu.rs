@@ -145,11 +145,12 @@ impl Geometry {
     /// convolution of the output gradient with the flipped, transposed weight
     /// ([`flipped_weight`]) padded by `dilation * (k - 1) - padding`: one im2col of the
     /// gradient's `Co` channels instead of a `C*KH*KW`-row `dcol` summed back by col2im. `None`
-    /// for strided and 1x1 convolutions and padding wider than the kernel's reach, and where
-    /// the gradient has no fewer channels than the input (then the col2im path measured as fast
-    /// or faster: ResNet's 3x3 convolutions; DenseNet's 128 -> 32 gain 2-4% a step).
+    /// for strided and 1x1 convolutions, padding wider than the kernel's reach, and where the
+    /// gradient has more channels than the input. DenseNet's 128 -> 32 gained 2-4% a step;
+    /// ResNet's same-width 3x3 convolutions, at first measured no faster than col2im, gained 5%
+    /// on resnet18 at 64 px once the GEMMs ran AVX-512 (2026-12-03) and are level at 224 px.
     fn input_grad_as_forward(&self) -> Option<Self> {
-        if self.stride != [1, 1] || self.kh * self.kw == 1 || self.co >= self.c {
+        if self.stride != [1, 1] || self.kh * self.kw == 1 || self.co > self.c {
             return None;
         }
         let reach = |k: usize, d: usize, p: usize| (d * (k - 1)).checked_sub(p);
