@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use kiln_engine::dist::wire::Hello;
 use kiln_engine::kernels::testing::{free_port, temp_dir};
+use kiln_engine::train::threads::{default_threads, threads_per_worker};
 
 const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 
@@ -112,12 +113,11 @@ fn finish(
 /// How rank 0's start line names its compute threads when it shares this machine's cores
 /// with `workers - 1` others (or takes `RAYON_NUM_THREADS`, where `from_env` and it is set).
 fn shared_threads(workers: usize, from_env: bool) -> String {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let threads = std::env::var("RAYON_NUM_THREADS")
-        .ok()
-        .filter(|_| from_env)
-        .and_then(|n| n.parse().ok())
-        .unwrap_or((cores / workers).max(1));
+    let threads = if from_env && std::env::var_os("RAYON_NUM_THREADS").is_some() {
+        default_threads()
+    } else {
+        threads_per_worker(workers)
+    };
     let s = if threads == 1 { "" } else { "s" };
     format!(", {threads} compute thread{s}")
 }

@@ -164,8 +164,8 @@ impl Trainer {
         result
     }
 
+    /// Runs the loop; `fit` has validated the configuration.
     fn run(&mut self) -> Result<TrainSummary, EngineError> {
-        self.config.validate()?;
         let c = self.config.clone();
         let (rank, world) = (self.strategy.rank(), self.strategy.world_size());
         let folders = RunFolders::new(&c, &self.run);
