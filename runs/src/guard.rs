@@ -314,8 +314,15 @@ pub fn guard(id: &str, home: &Path, program: &OsStr, args: &[OsString]) -> u8 {
             if send(&mut socket, &end).is_ok() {
                 return 0;
             }
-            // The submitter went as the program ended: the program's own end is known.
-            record_end(id, home, submitter, &end);
+            if passed_on {
+                // The program ended on the SIGTERM the guard passed on, which a dying
+                // submitter sends (`PR_SET_PDEATHSIG`) before its end of the socket closes:
+                // the run was lost, not ended by its program.
+                lose(id, home, submitter, seen);
+            } else {
+                // The submitter went as the program ended: the program's own end is known.
+                record_end(id, home, submitter, &end);
+            }
             return 1;
         }
         if STOP.load(Ordering::SeqCst) && !passed_on {
