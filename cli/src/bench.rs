@@ -13,14 +13,16 @@ use burn::optim::GradientsParams;
 use burn::tensor::{Distribution, Int, Tensor};
 use clap::{Args, Subcommand};
 use kiln_benches::{median, peak_rss_mb};
-use kiln_engine::config::{DeviceKind, parse_choice};
+use kiln_engine::config::{Choice, DeviceKind, Precision, parse_choice};
 use kiln_engine::data::transform::{IMAGENET_MEAN, IMAGENET_STD};
 use kiln_engine::data::{Augment, ImageFolder, Loader, LoaderConfig, Sampler};
 use kiln_engine::dist::launcher::{self, LaunchConfig};
 use kiln_engine::dist::rendezvous::Warn;
 use kiln_engine::dist::{ReduceOp, RingAllReduce, Solo, Transport, Wire, WorldInfo};
 use kiln_engine::kernels::{self, cpu_info};
+use kiln_engine::models::autocast::autocast;
 use kiln_engine::train::loss::cross_entropy;
+use kiln_engine::train::scaler::LossScaler;
 use kiln_engine::train::sgd::{Sgd, SgdConfig};
 use kiln_engine::train::threads::{compute_pool, compute_threads, default_threads};
 use kiln_models::Arch;
@@ -118,12 +120,18 @@ struct TrainBench {
     /// Image side.
     #[arg(long, default_value_t = 64)]
     image_size: usize,
-    /// Timed steps (after 2 warm-up steps).
+    /// Timed steps (after the warm-up steps).
     #[arg(long, default_value_t = 10)]
     steps: usize,
-    /// cpu, wgpu or cuda.
+    /// Untimed steps first (a GPU's kernel compilation and autotuning happen in them).
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    /// cpu, wgpu, cuda or auto.
     #[arg(long, default_value = "cpu", value_parser = parse_choice::<DeviceKind>)]
     device: DeviceKind,
+    /// auto, f32, tf32, bf16 or f16, as `kiln train --precision`.
+    #[arg(long, default_value = "auto", value_parser = parse_choice::<Precision>)]
+    precision: Precision,
     /// Compute threads (default: the cores this process may use), as `kiln train --threads`.
     #[arg(long, allow_negative_numbers = true)]
     threads: Option<usize>,
@@ -180,7 +188,9 @@ fn train(bench: &TrainBench) -> Result<ExitCode> {
         batch_size,
         image_size,
         steps,
+        warmup,
         device,
+        precision,
         json,
         ..
     } = bench;
@@ -193,7 +203,10 @@ fn train(bench: &TrainBench) -> Result<ExitCode> {
         *sizes.end() as usize,
     )?;
     check::count("--steps", steps, 1, 1_000_000)?;
-    let device = device.open()?.autodiff();
+    check::count("--warmup", warmup, 0, 1_000_000)?;
+    let opened = kiln_engine::device::open(device)?;
+    let precision = precision.on(opened.backend)?;
+    let device = opened.device.autodiff();
     let on_cpu = kernels::is_flex_device(&device);
     // Measured before the model exists, on an idle pool.
     let peak = on_cpu.then(|| cpu_info::gemm_peak_gflops(2048));
@@ -216,14 +229,27 @@ fn train(bench: &TrainBench) -> Result<ExitCode> {
         Distribution::Uniform(0.0, classes as f64),
         &device,
     );
+    // The trainer's step: autocast, and f16's loss scaling.
+    let mut scaler = (precision == Precision::F16).then(LossScaler::default);
     let mut times = Vec::new();
-    for i in 0..steps + 2 {
+    for i in 0..steps + warmup {
         let t = Instant::now();
-        let loss = cross_entropy(model.forward(x.clone()), y.clone());
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
-        model = sgd.step(model, grads, 0.001, 0.001);
+        let logits = autocast(precision.low(), || model.forward(x.clone()));
+        let loss = cross_entropy(logits, y.clone());
+        let backward = match &scaler {
+            Some(scaler) => scaler.scale_loss(loss.clone()),
+            None => loss.clone(),
+        };
+        let grads = GradientsParams::from_grads(backward.backward(), &model);
+        let grads = match &mut scaler {
+            Some(scaler) => scaler.unscale(&model, grads),
+            None => Some(grads),
+        };
+        if let Some(grads) = grads {
+            model = sgd.step(model, grads, 0.001, 0.001);
+        }
         let _: f32 = loss.into_scalar();
-        if i >= 2 {
+        if i >= warmup {
             times.push(t.elapsed().as_secs_f64() * 1e3);
         }
     }
@@ -239,7 +265,8 @@ fn train(bench: &TrainBench) -> Result<ExitCode> {
         println!(
             "{}",
             serde_json::json!({
-                "engine": "kiln", "arch": arch.name(), "batch_size": batch_size,
+                "engine": "kiln", "device": opened.name, "precision": precision.name(),
+                "arch": arch.name(), "batch_size": batch_size,
                 "image_size": image_size, "median_images_per_s": ips,
                 "median_step_ms": step_ms, "times_ms": times, "peak_rss_mb": peak_rss_mb(),
                 "cpu": cpu, "simd": on_cpu.then_some(simd), "threads": threads,
@@ -250,7 +277,7 @@ fn train(bench: &TrainBench) -> Result<ExitCode> {
     } else {
         match peak {
             Some(p) => println!("{cpu}, gemm {simd}, {threads} threads, GEMM peak {p:.0} GFLOP/s"),
-            None => println!("host {cpu}"),
+            None => println!("{}, host {cpu}", opened.name),
         }
         println!(
             "{:<12} {:>6} {:>6} {:>12} {:>10} {:>10} {:>8} {:>10}",

@@ -26,7 +26,8 @@ pub struct ServeArgs {
     /// The name clients address a model directory by (default: the directory's name).
     #[arg(long)]
     name: Option<String>,
-    /// Where the model runs: cpu, wgpu or cuda (auto is the CPU today).
+    /// Where the model runs: auto, cpu, wgpu or cuda (auto: CUDA, else a hardware GPU, else the
+    /// CPU).
     #[arg(long, default_value = "auto")]
     device: DeviceKind,
     /// Most images in one forward pass (1 to 1024).

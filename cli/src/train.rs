@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use kiln_engine::config::{DeviceKind, Monitor, Schedule, parse_choice};
+use kiln_engine::config::{DeviceKind, Monitor, Precision, Schedule, parse_choice};
 use kiln_engine::data::Augment;
 use kiln_engine::dist::launcher::{self, LaunchConfig};
 use kiln_engine::dist::rendezvous::Warn;
@@ -102,9 +102,13 @@ pub struct TrainArgs {
     /// standard, flip or none.
     #[arg(long, value_parser = parse_choice::<Augment>)]
     augment: Option<Augment>,
-    /// auto, cpu, wgpu or cuda (auto: the CPU).
+    /// auto, cpu, wgpu or cuda (auto: CUDA, else a hardware GPU, else the CPU).
     #[arg(long, value_parser = parse_choice::<DeviceKind>)]
     device: Option<DeviceKind>,
+    /// auto, f32, tf32, bf16 or f16: the convolutions' and classifier's arithmetic, as
+    /// torch.autocast (auto: bf16 on CUDA, f16 on wgpu, f32 on the CPU).
+    #[arg(long, value_parser = parse_choice::<Precision>)]
+    precision: Option<Precision>,
     /// Decode threads (default: the compute threads).
     #[arg(long, allow_negative_numbers = true)]
     workers: Option<usize>,

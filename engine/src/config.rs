@@ -88,7 +88,8 @@ impl Choice for Augment {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DeviceKind {
-    /// The best device this build and machine have; today the CPU.
+    /// The best device this build and machine have: CUDA, else a hardware GPU through wgpu,
+    /// else the CPU (never a software adapter); see [`crate::device`].
     Auto,
     /// The CPU, through burn's `flex` backend.
     #[serde(alias = "flex")]
@@ -122,21 +123,80 @@ impl Choice for DeviceKind {
 }
 
 impl DeviceKind {
-    /// The burn device (without autodiff).
+    /// The burn device (without autodiff); [`crate::device::open`] also says which.
     pub fn open(self) -> Result<Device, EngineError> {
+        crate::device::open(self).map(|o| o.device)
+    }
+}
+
+/// The arithmetic of the convolutions and the classifier (`--precision`), as `torch.autocast`
+/// sets it: batch-norm statistics, the loss and the optimizer stay in f32, on f32 master
+/// weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// bf16 on CUDA, f16 on wgpu, f32 on the CPU.
+    Auto,
+    /// f32 throughout (on CUDA burn's f32 matmuls still use TF32 tensor cores: burn 0.22 has
+    /// no switch for them).
+    F32,
+    /// f32 tensors, TF32 matmuls: CUDA only.
+    Tf32,
+    /// bf16 convolutions and classifier: CUDA only (WGSL has no bf16).
+    Bf16,
+    /// f16 convolutions and classifier with dynamic loss scaling (GPU devices).
+    F16,
+}
+
+impl Choice for Precision {
+    const ALL: &'static [Self] = &[
+        Precision::Auto,
+        Precision::F32,
+        Precision::Tf32,
+        Precision::Bf16,
+        Precision::F16,
+    ];
+
+    fn name(self) -> &'static str {
         match self {
-            DeviceKind::Auto | DeviceKind::Cpu => Ok(Device::flex()),
-            DeviceKind::Wgpu => Ok(Device::wgpu(Default::default())),
-            #[cfg(feature = "cuda")]
-            DeviceKind::Cuda => Ok(Device::cuda(0)),
-            #[cfg(not(feature = "cuda"))]
-            DeviceKind::Cuda => Err(EngineError::BadOption {
-                option: "device",
-                value: "cuda".into(),
-                expected: "cpu or wgpu: this build has no CUDA support (build with --features \
-                           cuda)"
-                    .into(),
-            }),
+            Precision::Auto => "auto",
+            Precision::F32 => "f32",
+            Precision::Tf32 => "tf32",
+            Precision::Bf16 => "bf16",
+            Precision::F16 => "f16",
+        }
+    }
+}
+
+impl Precision {
+    /// The precision this one means on `backend` (`auto` resolved), or why `backend` cannot
+    /// compute in it.
+    pub fn on(self, backend: crate::device::Backend) -> Result<Precision, EngineError> {
+        use crate::device::Backend;
+        let refuse = |values: &str, why: &str| {
+            Err(EngineError::BadOption {
+                option: "precision",
+                value: self.name().into(),
+                expected: format!("{values} on --device {} ({why})", backend.name()),
+            })
+        };
+        match (backend, self) {
+            (_, Precision::F32) => Ok(Precision::F32),
+            (Backend::Cpu, Precision::Auto) => Ok(Precision::F32),
+            (Backend::Cpu, _) => refuse("auto or f32", "kiln's CPU kernels compute in f32"),
+            (Backend::Cuda, Precision::Auto) => Ok(Precision::Bf16),
+            (Backend::Cuda, p) => Ok(p),
+            (Backend::Wgpu, Precision::Auto | Precision::F16) => Ok(Precision::F16),
+            (Backend::Wgpu, _) => refuse("auto, f32 or f16", "WGSL has neither TF32 nor bf16"),
+        }
+    }
+
+    /// The low precision of the convolutions and the classifier, if any.
+    pub fn low(self) -> Option<burn::tensor::DType> {
+        match self {
+            Precision::Bf16 => Some(burn::tensor::DType::BF16),
+            Precision::F16 => Some(burn::tensor::DType::F16),
+            _ => None,
         }
     }
 }
@@ -151,7 +211,7 @@ macro_rules! from_str_by_choice {
         }
     )*};
 }
-from_str_by_choice!(Schedule, Monitor, Augment, DeviceKind);
+from_str_by_choice!(Schedule, Monitor, Augment, DeviceKind, Precision);
 
 /// Everything a training run needs to know. `Default` is `kiln train` with no arguments; each
 /// field's documentation gives its default.
@@ -210,6 +270,9 @@ pub struct TrainConfig {
     pub augment: Augment,
     /// Where training runs (default `auto`).
     pub device: DeviceKind,
+    /// Precision of the convolutions and the classifier (default `auto`: bf16 on CUDA, f16 on
+    /// wgpu, f32 on the CPU).
+    pub precision: Precision,
     /// Decode threads (default: the compute threads).
     pub workers: Option<usize>,
     /// Compute threads: one rayon pool that the convolutions' GEMMs and every other CPU op
@@ -267,6 +330,7 @@ impl Default for TrainConfig {
             image_size: None,
             augment: Augment::Standard,
             device: DeviceKind::Auto,
+            precision: Precision::Auto,
             workers: None,
             threads: None,
             skip_bad_images: false,

@@ -43,6 +43,14 @@ pub enum EngineError {
         /// What it may be.
         expected: String,
     },
+    /// A `--device` this build or machine does not have.
+    #[error("--device {device}: {reason}")]
+    NoDevice {
+        /// The device asked for.
+        device: &'static str,
+        /// Why it cannot be opened.
+        reason: String,
+    },
     /// A training option with a value it cannot take.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),

@@ -6,6 +6,7 @@
 //! - [`train`]: [`train::Trainer`] and the loop by concept: setup, epoch, strategies (one
 //!   process or many), outputs, checkpoints, SGD, schedules, early stopping, metrics,
 //!   progress, curves.
+//! - [`device`]: opening `--device`, and what `auto` picks on this machine.
 //! - [`data`]: image folders and their checks, decoding, transforms, the parallel loader and
 //!   per-rank sharding, IDX import.
 //! - [`dist`]: data-parallel training: environment, rendezvous, the ring allreduce, gradient
@@ -19,6 +20,7 @@
 
 pub mod config;
 pub mod data;
+pub mod device;
 pub mod dist;
 pub mod env;
 pub mod error;

@@ -86,6 +86,12 @@ fn seeded_runs_are_bitwise_identical_and_resume_equals_uninterrupted() {
             .collect::<Vec<_>>()
     };
     assert_eq!(metrics(&run_a), metrics(&run_b), "two seeded runs differ");
+    // 4 steps an epoch, and no step waits for the device: one read of their losses and hits
+    // at each epoch's end (no progress bar here).
+    assert_eq!(
+        run_a.step_host_reads, 3,
+        "device reads by the training steps"
+    );
     assert_eq!(weights(&run_a.model_dir), weights(&run_b.model_dir));
 
     // Interrupted after epoch 2: only its checkpoint survives; resume from it. (Epoch 2's is

@@ -15,7 +15,7 @@ use burn::nn::{Dropout, DropoutConfig, Linear, PaddingConfig2d};
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
-use crate::layers::{ConvInit, ConvSpec, classifier, conv, max_pool};
+use crate::layers::{ConvInit, ConvSpec, classifier, conv, linear, max_pool};
 use crate::norm::BatchNorm2d;
 
 /// torchvision's `DenseNet(growth_rate, block_config, num_init_features, bn_size, drop_rate,
@@ -117,7 +117,7 @@ pub struct DenseNet {
 impl DenseNet {
     /// Logits `[N, num_classes]` for images `[N, 3, H, W]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
-        self.classifier.forward(self.pooled(x))
+        linear(&self.classifier, self.pooled(x))
     }
 
     /// Pooled features `[N, channels]`, the input of `classifier`.

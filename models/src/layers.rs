@@ -1,11 +1,14 @@
 //! The small building blocks both families share: convolutions without bias, initialised as
-//! torchvision initialises them, and the classifier head.
+//! torchvision initialises them, and the classifier head; convolutions and the classifier in
+//! the [`autocast`](crate::autocast) precision.
 
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::MaxPool2d;
 use burn::nn::{Initializer, Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::{Device, Tensor};
 use kiln_kernels::conv2d::{Conv2dOptions, conv2d};
+
+use crate::autocast::{in_low_precision, low_precision};
 use kiln_kernels::max_pool::{MaxPool2dOptions, max_pool2d};
 
 /// How a convolution's weights start: torchvision's ResNet uses
@@ -105,10 +108,23 @@ pub fn conv(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
                 dilation: conv.dilation,
                 groups: conv.groups,
             };
-            conv2d(x, conv.weight.val(), options)
+            in_low_precision(x, conv.weight.val(), |x, w| conv2d(x, w, options))
         }
         _ => conv.forward(x),
     }
+}
+
+/// `linear.forward(x)`, in the [`autocast`](crate::autocast) precision (bias included, as
+/// `torch.autocast` runs `nn.Linear`).
+pub fn linear(linear: &Linear, x: Tensor<2>) -> Tensor<2> {
+    let bias = linear.bias.as_ref().map(|b| b.val());
+    in_low_precision(x, linear.weight.val(), |x, w| {
+        let bias = bias.map(|b| match low_precision() {
+            Some(low) => b.cast(low),
+            None => b,
+        });
+        burn::tensor::module::linear(x, w, bias)
+    })
 }
 
 /// `pool.forward(x)` through kiln's max pooling: its CPU kernel on flex, burn's elsewhere. Falls

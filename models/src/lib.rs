@@ -12,6 +12,7 @@
 //! ```
 
 pub mod arch;
+pub mod autocast;
 pub mod densenet;
 pub mod error;
 pub mod head;

@@ -120,3 +120,35 @@ impl BatchNorm2d {
         result.output
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::TensorData;
+
+    // Channel 0 holds 1, 2, 3, 4 (mean 2.5, unbiased variance 5/3), channel 1 holds 0, 0, 2,
+    // 2 (mean 1, unbiased variance 4/3); three train-mode steps move the running statistics
+    // as PyTorch's do: `r = 0.9^3 r0 + (1 - 0.9^3) s`.
+    kiln_kernels::test_device!(running_statistics_follow_pytorch, |device: Device| {
+        let device = device.autodiff();
+        let bn = BatchNorm2d::new(2, &device);
+        let x = TensorData::new(
+            vec![1.0f32, 2.0, 0.0, 0.0, 3.0, 4.0, 2.0, 2.0],
+            [2, 2, 2, 1],
+        );
+        let x = Tensor::<4>::from_data(x, &device);
+        for _ in 0..3 {
+            let _ = bn.forward(x.clone());
+        }
+        let kept = 1.0 - 0.9f32.powi(3);
+        let read = |t: Tensor<1>| t.into_data().try_to_vec::<f32>().unwrap();
+        let mean = read(bn.running_mean.value_sync());
+        let var = read(bn.running_var.value_sync());
+        let want_mean = [2.5 * kept, kept];
+        let want_var = [1.0 - kept + kept * 5.0 / 3.0, 1.0 - kept + kept * 4.0 / 3.0];
+        for c in 0..2 {
+            assert!((mean[c] - want_mean[c]).abs() < 1e-5, "mean {mean:?}");
+            assert!((var[c] - want_var[c]).abs() < 1e-5, "var {var:?}");
+        }
+    });
+}

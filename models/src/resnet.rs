@@ -16,7 +16,7 @@ use burn::nn::{Linear, PaddingConfig2d};
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
-use crate::layers::{ConvInit, ConvSpec, classifier, conv, max_pool};
+use crate::layers::{ConvInit, ConvSpec, classifier, conv, linear, max_pool};
 use crate::norm::BatchNorm2d;
 
 /// Which residual block a ResNet stacks.
@@ -169,7 +169,7 @@ impl ResNet {
     /// Logits `[N, num_classes]` for images `[N, 3, H, W]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
         let x = self.features(x);
-        self.fc.forward(x)
+        linear(&self.fc, x)
     }
 
     /// Pooled features `[N, 512 * expansion]`, the input of `fc`.

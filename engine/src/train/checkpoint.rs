@@ -112,6 +112,9 @@ pub struct TrainerState {
     /// them): a resumed run must see the same ones.
     #[serde(default)]
     pub classes: Vec<String>,
+    /// f16 training's loss scale (absent in other precisions and older checkpoints).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scaler: Option<crate::train::scaler::LossScaler>,
 }
 
 const MODEL: &str = "model.safetensors";

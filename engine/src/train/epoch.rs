@@ -2,13 +2,14 @@
 //! the validation pass, each returning this rank's sums; the strategy adds them up across
 //! ranks.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use kiln_kernels::preprocess::{RawBatch, preprocess};
 use kiln_models::Model;
+use kiln_models::autocast::autocast;
 
 use crate::data::Batch;
 use crate::data::transform::{IMAGENET_MEAN, IMAGENET_STD};
@@ -36,6 +37,11 @@ pub(crate) struct TrainSums {
     pub seconds: f64,
     /// This rank's batch loss every [`STEP_LOSS_EVERY`] global steps: `(step, loss)`.
     pub step_losses: Vec<(usize, f32)>,
+    /// Reads from the device the steps made: one at the epoch's end, plus about one a second
+    /// while a progress bar shows the loss (and one a step for f16's loss scale).
+    pub host_reads: usize,
+    /// f16 steps skipped because their gradients overflowed.
+    pub overflow_steps: usize,
 }
 
 /// How often (in global steps) the training loss of one batch is kept for TensorBoard.
@@ -64,7 +70,6 @@ pub(crate) fn train_epoch(
     epochs: usize,
 ) -> Result<(Model, TrainSums), EngineError> {
     let epoch = state.epochs_done;
-    let classes = setup.classes.len();
     let mut sums = TrainSums {
         loss: 0.0,
         correct: 0,
@@ -73,8 +78,11 @@ pub(crate) fn train_epoch(
         skipped: 0,
         seconds: 0.0,
         step_losses: Vec::new(),
+        host_reads: 0,
+        overflow_steps: 0,
     };
     let started = Instant::now();
+    let mut kept = KeptOnDevice::default();
     let indices = setup.train.sampler.indices(epoch);
     let batches = setup.train.loader.batches(epoch, indices);
     for (step, batch) in batches.take(setup.steps_per_epoch).enumerate() {
@@ -93,26 +101,113 @@ pub(crate) fn train_epoch(
             }
             continue;
         }
+        let n = batch.len();
         let (x, y) = to_device(&batch, setup.image_size, &setup.device);
-        let logits = model.forward(x);
-        let loss = cross_entropy(logits.clone(), y);
-        let loss_value: f32 = loss.clone().into_scalar();
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let logits = autocast(setup.precision.low(), || model.forward(x));
+        let loss = cross_entropy(logits.clone(), y.clone());
+        // The step's loss and top-1 hits stay on the device: nothing here waits for it.
+        let hits = logits
+            .detach()
+            .argmax(1)
+            .reshape([n])
+            .equal(y)
+            .int()
+            .sum()
+            .float();
+        let loss_and_hits = Tensor::cat(vec![loss.clone().detach(), hits], 0);
+        let backward = match &state.loss_scaler {
+            Some(scaler) => scaler.scale_loss(loss),
+            None => loss,
+        };
+        let grads = GradientsParams::from_grads(backward.backward(), &model);
         let grads = strategy.gradients(&model, grads)?;
-        model = setup.sgd.step(model, grads, lr, head_lr);
-        let logits = logits.into_data().try_to_vec::<f32>().unwrap_or_default();
-        sums.correct += correct_top_k(&logits, &batch.labels, classes, 1);
-        sums.loss += loss_value as f64 * batch.len() as f64;
-        sums.seen += batch.len();
+        let grads = match &mut state.loss_scaler {
+            Some(scaler) => {
+                sums.host_reads += 1;
+                scaler.unscale(&model, grads)
+            }
+            None => Some(grads),
+        };
+        match grads {
+            Some(grads) => model = setup.sgd.step(model, grads, lr, head_lr),
+            // An f16 overflow: no update this step, as GradScaler skips `optimizer.step()`.
+            None => sums.overflow_steps += 1,
+        }
+        sums.seen += n;
         state.global_step += 1;
-        if state.global_step.is_multiple_of(STEP_LOSS_EVERY) {
-            sums.step_losses.push((state.global_step, loss_value));
+        kept.push(loss_and_hits, n, state.global_step);
+        if progress.shows_steps() && kept.last_read.elapsed() >= READ_EVERY {
+            kept.read(&mut sums);
         }
         let rate = sums.seen as f64 / started.elapsed().as_secs_f64();
-        progress.step(epoch + 1, epochs, sums.loss / sums.seen as f64, rate);
+        progress.step(epoch + 1, epochs, kept.mean_loss(&sums), rate);
     }
+    kept.read(&mut sums);
     sums.seconds = started.elapsed().as_secs_f64();
     Ok((model, sums))
+}
+
+/// How often a progress bar's loss is read from the device.
+const READ_EVERY: Duration = Duration::from_secs(1);
+
+/// The steps' losses and top-1 hits, kept on the device until [`KeptOnDevice::read`]: once an
+/// epoch, and about once a second while a progress bar shows the loss.
+struct KeptOnDevice {
+    /// Each step not read yet: `[loss, hits]`, its images, its global step.
+    steps: Vec<(Tensor<1>, usize, usize)>,
+    /// Images whose loss has been read.
+    images_read: usize,
+    /// When the last read was.
+    last_read: Instant,
+}
+
+impl Default for KeptOnDevice {
+    fn default() -> Self {
+        Self {
+            steps: Vec::new(),
+            images_read: 0,
+            last_read: Instant::now(),
+        }
+    }
+}
+
+impl KeptOnDevice {
+    fn push(&mut self, loss_and_hits: Tensor<1>, images: usize, global_step: usize) {
+        self.steps.push((loss_and_hits, images, global_step));
+    }
+
+    /// Reads every kept step in one transfer and adds it to `sums`, in step order (the sums
+    /// are the same as reading each step at once).
+    fn read(&mut self, sums: &mut TrainSums) {
+        self.last_read = Instant::now();
+        if self.steps.is_empty() {
+            return;
+        }
+        let (values, steps): (Vec<_>, Vec<_>) = self
+            .steps
+            .drain(..)
+            .map(|(values, images, step)| (values, (images, step)))
+            .unzip();
+        let values = Tensor::cat(values, 0)
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap_or_default();
+        sums.host_reads += 1;
+        for (pair, (images, step)) in values.chunks_exact(2).zip(steps) {
+            let (loss, hits) = (pair[0], pair[1]);
+            sums.loss += loss as f64 * images as f64;
+            sums.correct += hits as usize;
+            self.images_read += images;
+            if step.is_multiple_of(STEP_LOSS_EVERY) {
+                sums.step_losses.push((step, loss));
+            }
+        }
+    }
+
+    /// The mean loss of the images read so far; none before the first read.
+    fn mean_loss(&self, sums: &TrainSums) -> Option<f64> {
+        (self.images_read > 0).then(|| sums.loss / self.images_read as f64)
+    }
 }
 
 /// Scores this rank's share of the validation set with `model` in eval mode.
@@ -133,8 +228,7 @@ pub(crate) fn validate(setup: &Setup, model: &Model) -> Result<ValSums, EngineEr
             continue;
         }
         let (x, _) = to_device(&batch, setup.image_size, &device);
-        let logits = eval
-            .forward(x)
+        let logits = autocast(setup.precision.low(), || eval.forward(x))
             .into_data()
             .try_to_vec::<f32>()
             .unwrap_or_default();

@@ -7,8 +7,8 @@
 //! - [`strategies`]: one process, or data-parallel over many, behind one [`Strategy`] seam.
 //! - [`outputs`]: what rank 0 writes: metrics, checkpoints, the model directory, the curves.
 //! - [`checkpoint`]: checkpoint files, written whole or not at all; the trainer's state.
-//! - [`sgd`], [`schedule`], [`early_stopping`], [`loss`]: the optimizer, learning-rate
-//!   schedules, early stopping and the loss.
+//! - [`sgd`], [`schedule`], [`early_stopping`], [`loss`], [`scaler`]: the optimizer,
+//!   learning-rate schedules, early stopping, the loss and f16's loss scaling.
 //! - [`metrics`], [`tensorboard`], [`progress`], [`curves`]: `metrics.jsonl`, TensorBoard
 //!   event files, the terminal, `curves.png`.
 //! - [`threads`]: the compute thread pool, `--threads` or the cores shared among workers.
@@ -24,6 +24,7 @@ pub mod loss;
 pub mod metrics;
 pub mod outputs;
 pub mod progress;
+pub mod scaler;
 pub mod schedule;
 pub mod setup;
 pub mod sgd;

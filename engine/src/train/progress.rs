@@ -84,12 +84,16 @@ impl Progress {
         }
     }
 
-    /// One step done: running loss and throughput.
-    pub fn step(&self, epoch: usize, epochs: usize, loss: f64, images_per_s: f64) {
+    /// Whether [`Progress::step`] shows anything (a progress bar on a terminal).
+    pub fn shows_steps(&self) -> bool {
+        self.bar.is_some()
+    }
+
+    /// One step done: running loss (none until one is read from the device) and throughput.
+    pub fn step(&self, epoch: usize, epochs: usize, loss: Option<f64>, images_per_s: f64) {
         if let Some(bar) = &self.bar {
-            bar.set_message(format!(
-                "{epoch}/{epochs} loss {loss:.4} {images_per_s:.0} img/s"
-            ));
+            let loss = loss.map_or(String::new(), |l| format!(" loss {l:.4}"));
+            bar.set_message(format!("{epoch}/{epochs}{loss} {images_per_s:.0} img/s"));
             bar.inc(1);
         }
     }

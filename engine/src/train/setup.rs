@@ -10,7 +10,7 @@ use burn::tensor::Device;
 use kiln_models::torchvision::{self, LoadOptions};
 use kiln_models::{Arch, Model};
 
-use crate::config::TrainConfig;
+use crate::config::{Precision, TrainConfig};
 use crate::data::transform::{IMAGENET_MEAN, IMAGENET_STD};
 use crate::data::{ImageFolder, Loader, LoaderConfig, Sampler, check_same_classes};
 use crate::error::EngineError;
@@ -42,6 +42,10 @@ pub(crate) struct Setup {
     pub image_size: u32,
     /// The training device, with autodiff.
     pub device: Device,
+    /// Which device it is, for the start line (`auto: cpu (...)`, `cuda:0 (...)`).
+    pub device_name: String,
+    /// The precision of the convolutions and the classifier there (`auto` resolved).
+    pub precision: Precision,
     /// The optimizer, without state.
     pub sgd: Sgd,
     /// The learning rate at each step.
@@ -80,7 +84,9 @@ impl Setup {
         }
         let classes = train_set.classes.clone();
         let image_size = c.image_size.unwrap_or_else(|| auto_image_size(&train_set));
-        let mut device = c.device.open()?.autodiff();
+        let opened = crate::device::open(c.device)?;
+        let precision = c.precision.on(opened.backend)?;
+        let mut device = opened.device.autodiff();
         if kiln_kernels::is_flex_device(&device) {
             check_step_memory(c.arch, c.batch_size, image_size)?;
         }
@@ -134,6 +140,8 @@ impl Setup {
             classes,
             image_size,
             device,
+            device_name: opened.name,
+            precision,
             sgd,
             schedule,
             head_ratio: c.head_lr.map_or(1.0, |h| h / c.lr),

@@ -8,7 +8,7 @@ use std::time::Instant;
 use kiln_models::Model;
 use kiln_models::torchvision::{self, LoadOptions};
 
-use crate::config::{Choice, TrainConfig};
+use crate::config::{Choice, Precision, TrainConfig};
 use crate::dist::{GradientBuckets, Transport, Wire};
 use crate::env::RunContext;
 use crate::error::EngineError;
@@ -77,6 +77,10 @@ pub struct TrainSummary {
     pub classes: Vec<String>,
     /// Images skipped because they did not decode (`skip_bad_images`).
     pub skipped_images: usize,
+    /// How often the training steps (all epochs, this rank) waited for the device to read
+    /// their loss and hits: once an epoch, plus about once a second while a progress bar shows
+    /// the loss. Validation and distributed gradient exchange are not counted.
+    pub step_host_reads: usize,
 }
 
 impl TrainSummary {
@@ -180,6 +184,7 @@ impl Trainer {
             history: Vec::new(),
             stopped_early: false,
             classes: setup.classes.clone(),
+            loss_scaler: None,
         };
         // In a distributed run rank 0 alone reads the checkpoint and broadcasts it below.
         if let Some(resume) = c.resume.as_ref().filter(|_| rank == 0) {
@@ -196,6 +201,11 @@ impl Trainer {
         (model, state) =
             self.strategy
                 .start(model, setup.arch, &mut setup.sgd, state, &inner, &plan)?;
+        // f16 steps scale the loss; a resumed run carries its checkpoint's scale on.
+        state.loss_scaler = match setup.precision {
+            Precision::F16 => Some(state.loss_scaler.unwrap_or_default()),
+            _ => None,
+        };
         // A submitted run's logs belong to the run (its script may log too); a local run
         // starts its own metrics, or keeps those up to the checkpoint it resumes.
         let start = match (&self.run.logs, &c.resume) {
@@ -209,7 +219,7 @@ impl Trainer {
         let threads = threads::compute_threads();
         self.progress.info(&format!(
             "training {} on {} images ({} classes), validating on {}, {} px, batch {}, {} \
-             steps/epoch, {threads} compute thread{}",
+             steps/epoch, {threads} compute thread{}, device {}, precision {}",
             setup.arch,
             setup.train.folder.len(),
             setup.classes.len(),
@@ -218,8 +228,11 @@ impl Trainer {
             c.batch_size,
             setup.steps_per_epoch,
             if threads == 1 { "" } else { "s" },
+            setup.device_name,
+            setup.precision.name(),
         ));
         let mut skipped = 0usize;
+        let mut host_reads = 0usize;
         while state.epochs_done < c.epochs && !state.stopped_early {
             let started = Instant::now();
             model = model.set_training(true);
@@ -235,6 +248,15 @@ impl Trainer {
             )?;
             model = trained;
             skipped += train.skipped;
+            host_reads += train.host_reads;
+            if let (Some(scaler), 1..) = (&state.loss_scaler, train.overflow_steps) {
+                self.progress.info(&format!(
+                    "epoch {}: {} f16 step(s) overflowed and were skipped; loss scale now {}",
+                    state.epochs_done + 1,
+                    train.overflow_steps,
+                    scaler.scale
+                ));
+            }
             let val = epoch::validate(&setup, &model)?;
             let m = self.epoch_metrics(&state, &train, &val, started)?;
             self.judge(&mut state, &m);
@@ -242,7 +264,9 @@ impl Trainer {
                 writer.epoch(&m, &train.step_losses, &state, &model, &setup.sgd)?;
             }
         }
-        self.finish(setup, model, state, writer.as_ref(), &folders, skipped)
+        let mut summary = self.finish(setup, model, state, writer.as_ref(), &folders, skipped)?;
+        summary.step_host_reads = host_reads;
+        Ok(summary)
     }
 
     /// Reads the newest checkpoint under `resume` into `model`, the optimizer and the
@@ -426,6 +450,7 @@ impl Trainer {
             model_dir: model_path,
             classes: setup.classes,
             skipped_images: skipped,
+            step_host_reads: 0,
         })
     }
 }

@@ -1,0 +1,266 @@
+//! Opening the device `--device` names, and what `--device auto` finds on this machine: CUDA
+//! when this build has it and a driver sees a GPU, else a hardware GPU through wgpu, else the
+//! CPU. A software adapter (Mesa's llvmpipe) is never picked unless asked for by name
+//! (`--device wgpu`): it is correct but slower than the CPU backend.
+
+use std::sync::OnceLock;
+
+use burn::tensor::{Device, DeviceKind as WgpuKind};
+
+use crate::config::DeviceKind;
+use crate::error::EngineError;
+
+/// Which of kiln's backends a device runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// burn's flex, kiln's CPU kernels.
+    Cpu,
+    /// cubecl on wgpu (WGSL).
+    Wgpu,
+    /// cubecl on CUDA.
+    Cuda,
+}
+
+impl Backend {
+    /// Its `--device` name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Cpu => "cpu",
+            Backend::Wgpu => "wgpu",
+            Backend::Cuda => "cuda",
+        }
+    }
+}
+
+/// A device opened for `--device`, with the words that say which one it is.
+#[derive(Debug, Clone)]
+pub struct Opened {
+    /// The burn device (without autodiff).
+    pub device: Device,
+    /// Its backend.
+    pub backend: Backend,
+    /// What was opened, for the start line: `cpu`, `cuda:0 (2 devices)`,
+    /// `wgpu: NVIDIA H200 (Vulkan, discrete GPU)`, each with `auto: ` before it when picked.
+    pub name: String,
+}
+
+/// Opens the device `kind` names; `auto` picks one as this module says.
+pub fn open(kind: DeviceKind) -> Result<Opened, EngineError> {
+    let (device, backend, name) = match kind {
+        DeviceKind::Cpu => (Device::flex(), Backend::Cpu, "cpu".to_string()),
+        DeviceKind::Wgpu => (
+            Device::wgpu(WgpuKind::default()),
+            Backend::Wgpu,
+            "wgpu".to_string(),
+        ),
+        DeviceKind::Cuda => open_cuda()?,
+        DeviceKind::Auto => {
+            let (device, backend, name) = pick();
+            (device, backend, format!("auto: {name}"))
+        }
+    };
+    Ok(Opened {
+        device,
+        backend,
+        name,
+    })
+}
+
+#[cfg(feature = "cuda")]
+fn open_cuda() -> Result<(Device, Backend, String), EngineError> {
+    // cudarc panics when it cannot load the driver: look first.
+    let count = cuda_devices().map_err(|reason| EngineError::NoDevice {
+        device: "cuda",
+        reason,
+    })?;
+    Ok((
+        Device::cuda(0),
+        Backend::Cuda,
+        format!("cuda:0 ({count} device(s))"),
+    ))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn open_cuda() -> Result<(Device, Backend, String), EngineError> {
+    Err(EngineError::NoDevice {
+        device: "cuda",
+        reason: "this build has no CUDA support (build with `--features cuda`; \
+                 scripts/setup-cuda-build.sh where LLVM cannot be downloaded)"
+            .into(),
+    })
+}
+
+/// What `auto` picks, worked out once per process.
+fn pick() -> (Device, Backend, String) {
+    static PICKED: OnceLock<(Device, Backend, String)> = OnceLock::new();
+    PICKED
+        .get_or_init(|| {
+            #[cfg(feature = "cuda")]
+            if let Ok(count) = cuda_devices() {
+                return (
+                    Device::cuda(0),
+                    Backend::Cuda,
+                    format!("cuda:0 ({count} device(s))"),
+                );
+            }
+            let cuda = if cfg!(feature = "cuda") {
+                "no CUDA device"
+            } else {
+                "a build without CUDA"
+            };
+            match gpu_device_nodes().then(hardware_adapter).flatten() {
+                Some((kind, name)) => (Device::wgpu(kind), Backend::Wgpu, format!("wgpu: {name}")),
+                None => (
+                    Device::flex(),
+                    Backend::Cpu,
+                    format!("cpu ({cuda}, no hardware GPU adapter)"),
+                ),
+            }
+        })
+        .clone()
+}
+
+/// The number of CUDA devices the driver sees, or why there are none: asks the driver
+/// (`libcuda.so.1`) itself, as cudarc would, without letting a missing one panic.
+pub fn cuda_devices() -> Result<usize, String> {
+    type CuInit = unsafe extern "C" fn(u32) -> i32;
+    type CuDeviceGetCount = unsafe extern "C" fn(*mut i32) -> i32;
+    // SAFETY: dlopen and dlsym with NUL-terminated names; the handle is never closed, as
+    // cudarc keeps the same library loaded for the process's life.
+    unsafe {
+        let mut handle = std::ptr::null_mut();
+        for name in [c"libcuda.so.1", c"libcuda.so"] {
+            handle = libc::dlopen(name.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL);
+            if !handle.is_null() {
+                break;
+            }
+        }
+        if handle.is_null() {
+            return Err("no CUDA driver found (libcuda.so.1 cannot be loaded)".into());
+        }
+        let init = libc::dlsym(handle, c"cuInit".as_ptr());
+        let count = libc::dlsym(handle, c"cuDeviceGetCount".as_ptr());
+        if init.is_null() || count.is_null() {
+            return Err("the CUDA driver library lacks cuInit or cuDeviceGetCount".into());
+        }
+        let init: CuInit = std::mem::transmute(init);
+        let get_count: CuDeviceGetCount = std::mem::transmute(count);
+        let code = init(0);
+        if code != 0 {
+            return Err(format!(
+                "the CUDA driver did not start (cuInit returned error {code}; 100 is no device)"
+            ));
+        }
+        let mut n = 0i32;
+        let code = get_count(&mut n);
+        if code != 0 || n <= 0 {
+            return Err(format!(
+                "the CUDA driver sees no device (cuDeviceGetCount: error {code}, {n} devices)"
+            ));
+        }
+        Ok(n as usize)
+    }
+}
+
+/// Whether this machine may have a GPU to ask wgpu about: always, except on Linux without a
+/// GPU's device node (`/dev/dri/renderD*`, `/dev/nvidia*`), where only a software adapter
+/// could answer and asking costs a Vulkan instance (and Mesa's complaints on stderr).
+fn gpu_device_nodes() -> bool {
+    if !cfg!(target_os = "linux") {
+        return true;
+    }
+    let any = |dir: &str, prefix: &str| {
+        std::fs::read_dir(dir).is_ok_and(|entries| {
+            entries
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with(prefix))
+        })
+    };
+    any("/dev/dri", "renderD") || any("/dev", "nvidia")
+}
+
+/// The first hardware GPU adapter wgpu finds (discrete, then integrated, then virtual),
+/// as the burn device that selects it, with its name, graphics API and kind.
+fn hardware_adapter() -> Option<(WgpuKind, String)> {
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+        backends: wgpu::Backends::PRIMARY,
+        ..wgpu::InstanceDescriptor::new_without_display_handle()
+    });
+    let adapters: Vec<wgpu::AdapterInfo> =
+        block_on(instance.enumerate_adapters(wgpu::Backends::PRIMARY))
+            .iter()
+            .map(wgpu::Adapter::get_info)
+            .collect();
+    drop(instance);
+    let kinds = [
+        (wgpu::DeviceType::DiscreteGpu, "discrete GPU"),
+        (wgpu::DeviceType::IntegratedGpu, "integrated GPU"),
+        (wgpu::DeviceType::VirtualGpu, "virtual GPU"),
+    ];
+    for (device_type, words) in kinds {
+        // burn counts each kind from zero, in enumeration order, on the API it settles on.
+        let Some(first) = adapters.iter().find(|a| a.device_type == device_type) else {
+            continue;
+        };
+        let backend = first.backend;
+        let index = adapters
+            .iter()
+            .filter(|a| a.backend == backend && a.device_type == device_type)
+            .position(|a| std::ptr::eq(a, first))
+            .unwrap_or(0);
+        let kind = match device_type {
+            wgpu::DeviceType::DiscreteGpu => WgpuKind::DiscreteGpu(index),
+            wgpu::DeviceType::IntegratedGpu => WgpuKind::IntegratedGpu(index),
+            _ => WgpuKind::VirtualGpu(index),
+        };
+        return Some((kind, format!("{} ({backend:?}, {words})", first.name)));
+    }
+    None
+}
+
+/// Runs a future to its end on this thread (wgpu's native futures are ready at once).
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    let mut future = std::pin::pin!(future);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    loop {
+        if let std::task::Poll::Ready(out) = future.as_mut().poll(&mut cx) {
+            return out;
+        }
+        std::thread::yield_now();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_never_picks_a_software_adapter() {
+        let opened = open(DeviceKind::Auto).unwrap();
+        assert!(opened.name.starts_with("auto: "), "{}", opened.name);
+        // This project's machines have no GPU: at most Mesa's llvmpipe, a CPU adapter, which
+        // the probe itself passes over.
+        if !gpu_device_nodes() && cuda_devices().is_err() {
+            if let Some((kind, name)) = hardware_adapter() {
+                panic!("a GPU-less machine offered {kind:?}: {name}");
+            }
+            assert!(opened.name.starts_with("auto: cpu ("), "{}", opened.name);
+            assert!(kiln_kernels::is_flex_device(&opened.device));
+            assert_eq!(opened.backend, Backend::Cpu);
+        }
+    }
+
+    #[test]
+    fn cuda_without_a_driver_is_a_named_error() {
+        if cuda_devices().is_ok() {
+            return;
+        }
+        let e = open(DeviceKind::Cuda).unwrap_err().to_string();
+        assert!(e.starts_with("--device cuda: "), "{e}");
+        if cfg!(feature = "cuda") {
+            assert!(e.contains("no CUDA driver found"), "{e}");
+        } else {
+            assert!(e.contains("--features cuda"), "{e}");
+        }
+    }
+}
