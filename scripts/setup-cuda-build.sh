@@ -75,8 +75,14 @@ case " \$* " in
 esac
 WRAPPER
 chmod 755 "$dir/bin/llvm-config.new"
-mv "$dir/bin/llvm-config.new" "$dir/bin/llvm-config"
-touch "$dir/.tracel-llvm-installed"
+# Files left as they are when unchanged: the bundler's build script reruns (and with it the
+# whole CUDA stack above it) whenever the marker's modification time moves.
+if cmp -s "$dir/bin/llvm-config.new" "$dir/bin/llvm-config"; then
+    rm "$dir/bin/llvm-config.new"
+else
+    mv "$dir/bin/llvm-config.new" "$dir/bin/llvm-config"
+fi
+[ -e "$dir/.tracel-llvm-installed" ] || touch "$dir/.tracel-llvm-installed"
 if [ -n "${SUDO_USER:-}" ]; then
     chown -R "$user": "$data/tracel"
 fi
