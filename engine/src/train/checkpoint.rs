@@ -217,3 +217,38 @@ pub fn load(dir: &Path) -> Result<Checkpoint, EngineError> {
         state,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Monitor;
+    use crate::train::scaler::LossScaler;
+    use kiln_models::Arch;
+
+    #[test]
+    fn the_loss_scale_is_saved_and_restored_and_older_checkpoints_have_none() {
+        let root = kiln_kernels::testing::temp_dir("ckpt-scaler");
+        let model = Arch::Resnet18.init(2, &burn::tensor::Device::flex());
+        let state = TrainerState {
+            epochs_done: 1,
+            global_step: 7,
+            early_stopping: EarlyStopping::new(Monitor::ValLoss, 3, 0.0),
+            history: Vec::new(),
+            stopped_early: false,
+            classes: vec!["a".into(), "b".into()],
+            loss_scaler: Some(LossScaler {
+                scale: 2048.0,
+                growth_tracker: 5,
+            }),
+        };
+        let dir = save(&root, &model, &BTreeMap::new(), &state).unwrap();
+        assert_eq!(load(&dir).unwrap().state, state);
+        // A trainer.json from before f16 training (or of an f32 run) has no scale.
+        let text = std::fs::read_to_string(dir.join(TRAINER)).unwrap();
+        let mut json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        json.as_object_mut().unwrap().remove("loss_scaler");
+        std::fs::write(dir.join(TRAINER), json.to_string()).unwrap();
+        assert_eq!(load(&dir).unwrap().state.loss_scaler, None);
+        let _ = std::fs::remove_dir_all(&root);
+    }
+}

@@ -102,37 +102,16 @@ pub(crate) fn train_epoch(
             continue;
         }
         let n = batch.len();
-        let (x, y) = to_device(&batch, setup.image_size, &setup.device);
-        let logits = autocast(setup.precision.low(), || model.forward(x));
-        let loss = cross_entropy(logits.clone(), y.clone());
-        // The step's loss and top-1 hits stay on the device: nothing here waits for it.
-        let hits = logits
-            .detach()
-            .argmax(1)
-            .reshape([n])
-            .equal(y)
-            .int()
-            .sum()
-            .float();
-        let loss_and_hits = Tensor::cat(vec![loss.clone().detach(), hits], 0);
-        let backward = match &state.loss_scaler {
-            Some(scaler) => scaler.scale_loss(loss),
-            None => loss,
-        };
-        let grads = GradientsParams::from_grads(backward.backward(), &model);
-        let grads = strategy.gradients(&model, grads)?;
-        let grads = match &mut state.loss_scaler {
-            Some(scaler) => {
-                sums.host_reads += 1;
-                scaler.unscale(&model, grads)
-            }
-            None => Some(grads),
-        };
-        match grads {
-            Some(grads) => model = setup.sgd.step(model, grads, lr, head_lr),
-            // An f16 overflow: no update this step, as GradScaler skips `optimizer.step()`.
-            None => sums.overflow_steps += 1,
-        }
+        let (trained, loss_and_hits) = train_step(
+            setup,
+            strategy,
+            model,
+            state,
+            &batch,
+            (lr, head_lr),
+            &mut sums,
+        )?;
+        model = trained;
         sums.seen += n;
         state.global_step += 1;
         kept.push(loss_and_hits, n, state.global_step);
@@ -145,6 +124,53 @@ pub(crate) fn train_epoch(
     kept.read(&mut sums);
     sums.seconds = started.elapsed().as_secs_f64();
     Ok((model, sums))
+}
+
+/// One optimizer step on a batch with images: the forward under the run's autocast, the
+/// loss, the backward (scaled in f16), the strategy's gradients and SGD (skipped when f16
+/// gradients overflowed). Returns the model and the step's `[loss, top-1 hits]`, left on the
+/// device: nothing here waits for it.
+fn train_step(
+    setup: &mut Setup,
+    strategy: &mut dyn Strategy,
+    mut model: Model,
+    state: &mut TrainerState,
+    batch: &Batch,
+    (lr, head_lr): (f64, f64),
+    sums: &mut TrainSums,
+) -> Result<(Model, Tensor<1>), EngineError> {
+    let n = batch.len();
+    let (x, y) = to_device(batch, setup.image_size, &setup.device);
+    let logits = autocast(setup.precision.low(), || model.forward(x));
+    let loss = cross_entropy(logits.clone(), y.clone());
+    let hits = logits
+        .detach()
+        .argmax(1)
+        .reshape([n])
+        .equal(y)
+        .int()
+        .sum()
+        .float();
+    let loss_and_hits = Tensor::cat(vec![loss.clone().detach(), hits], 0);
+    let backward = match &state.loss_scaler {
+        Some(scaler) => scaler.scale_loss(loss),
+        None => loss,
+    };
+    let grads = GradientsParams::from_grads(backward.backward(), &model);
+    let grads = strategy.gradients(&model, grads)?;
+    let grads = match &mut state.loss_scaler {
+        Some(scaler) => {
+            sums.host_reads += 1;
+            scaler.unscale(&model, grads)
+        }
+        None => Some(grads),
+    };
+    match grads {
+        Some(grads) => model = setup.sgd.step(model, grads, lr, head_lr),
+        // An f16 overflow: no update this step, as GradScaler skips `optimizer.step()`.
+        None => sums.overflow_steps += 1,
+    }
+    Ok((model, loss_and_hits))
 }
 
 /// How often a progress bar's loss is read from the device.
