@@ -47,8 +47,15 @@ pub struct PredictArgs {
     inputs: Vec<PathBuf>,
 }
 
-/// Runs `kiln predict`.
+/// Runs `kiln predict`, on one compute pool as training runs (the GEMMs and every flex op
+/// share its threads).
 pub fn run(args: PredictArgs) -> Result<ExitCode> {
+    let pool =
+        kiln_engine::train::threads::compute_pool(kiln_engine::train::threads::default_threads())?;
+    pool.install(|| predict(args))
+}
+
+fn predict(args: PredictArgs) -> Result<ExitCode> {
     match (&args.input_tensor, &args.logits_out) {
         (Some(input), Some(out)) => {
             let (Some(arch), Some(weights)) = (&args.arch, &args.weights) else {
