@@ -179,9 +179,10 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     }
 }
 
-/// `kiln bench train`: full SGD steps of `arch` on synthetic data, median of `steps` after two
-/// warm-up steps, with the machine they ran on and, on the CPU, the step's GFLOP/s against the
-/// GEMM peak of the same threads.
+/// `kiln bench train`: the trainer's SGD steps of `arch` (its autocast and loss scaling
+/// included) on synthetic data, median of `steps` after `warmup` untimed ones, with the device
+/// and machine they ran on and, on the CPU, the step's GFLOP/s against the GEMM peak of the
+/// same threads.
 fn train(bench: &TrainBench) -> Result<ExitCode> {
     let &TrainBench {
         arch,

@@ -7,9 +7,9 @@ use burn::nn::pool::MaxPool2d;
 use burn::nn::{Initializer, Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::{Device, Tensor};
 use kiln_kernels::conv2d::{Conv2dOptions, conv2d};
+use kiln_kernels::max_pool::{MaxPool2dOptions, max_pool2d};
 
 use crate::autocast::{in_low_precision, low_precision};
-use kiln_kernels::max_pool::{MaxPool2dOptions, max_pool2d};
 
 /// How a convolution's weights start: torchvision's ResNet uses
 /// `kaiming_normal_(mode="fan_out", nonlinearity="relu")`, DenseNet the default `fan_in` mode.
