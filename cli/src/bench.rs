@@ -9,7 +9,6 @@ use std::time::Instant;
 use anyhow::Result;
 
 use crate::check;
-use burn::optim::GradientsParams;
 use burn::tensor::{Distribution, Int, Tensor};
 use clap::{Args, Subcommand};
 use kiln_benches::{median, peak_rss_mb};
@@ -22,7 +21,7 @@ use kiln_engine::dist::{ReduceOp, RingAllReduce, Solo, Transport, Wire, WorldInf
 use kiln_engine::kernels::{self, cpu_info};
 use kiln_engine::models::autocast::autocast;
 use kiln_engine::train::loss::cross_entropy;
-use kiln_engine::train::scaler::LossScaler;
+use kiln_engine::train::scaler::{self, LossScaler};
 use kiln_engine::train::sgd::{Sgd, SgdConfig};
 use kiln_engine::train::threads::{compute_pool, compute_threads, default_threads};
 use kiln_models::Arch;
@@ -231,22 +230,14 @@ fn train(bench: &TrainBench) -> Result<ExitCode> {
         &device,
     );
     // The trainer's step: autocast, and f16's loss scaling.
-    let mut scaler = (precision == Precision::F16).then(LossScaler::default);
+    let mut loss_scaler = (precision == Precision::F16).then(LossScaler::default);
     let mut times = Vec::new();
     for i in 0..steps + warmup {
         let t = Instant::now();
         let logits = autocast(precision.low(), || model.forward(x.clone()));
         let loss = cross_entropy(logits, y.clone());
-        let backward = match &scaler {
-            Some(scaler) => scaler.scale_loss(loss.clone()),
-            None => loss.clone(),
-        };
-        let grads = GradientsParams::from_grads(backward.backward(), &model);
-        let grads = match &mut scaler {
-            Some(scaler) => scaler.unscale(&model, grads),
-            None => Some(grads),
-        };
-        if let Some(grads) = grads {
+        let grads = scaler::backward(&model, loss.clone(), loss_scaler.as_ref());
+        if let Some(grads) = scaler::for_sgd(&model, grads, loss_scaler.as_mut()) {
             model = sgd.step(model, grads, 0.001, 0.001);
         }
         let _: f32 = loss.into_scalar();

@@ -25,6 +25,41 @@ fn subset(from: &Path, to: &Path, per_class: usize) {
     }
 }
 
+/// Runs `kiln train --device wgpu --data DATA --output-dir OUTPUTS` with `args` (and `env`),
+/// asserts that it succeeded, and returns what it printed.
+fn train_on_wgpu(data: &Path, outputs: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
+    let o = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["train", "--device", "wgpu"])
+        .args(args)
+        .arg("--data")
+        .arg(data)
+        .arg("--output-dir")
+        .arg(outputs)
+        .envs(env.iter().copied())
+        .output()
+        .expect("kiln runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success(), "{text}");
+    text
+}
+
+/// The values of metric `name` (in `split`, or any) that a run wrote to `logs/metrics.jsonl`
+/// under `dir`, and the file's text.
+fn metric(dir: &Path, name: &str, split: Option<&str>) -> (Vec<f64>, String) {
+    let metrics = std::fs::read_to_string(dir.join("logs/metrics.jsonl")).expect("metrics");
+    let values = metrics
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json"))
+        .filter(|m| m["name"] == name && split.is_none_or(|s| m["split"] == s))
+        .map(|m| m["value"].as_f64().expect("a finite value"))
+        .collect();
+    (values, metrics)
+}
+
 #[test]
 fn train_on_wgpu_end_to_end() {
     if kiln_engine::kernels::testing::wgpu().is_none() {
@@ -36,38 +71,26 @@ fn train_on_wgpu_end_to_end() {
     subset(&data.join("train"), &dir.join("data/train"), 4);
     subset(&data.join("val"), &dir.join("data/val"), 2);
     let outputs = dir.join("outputs");
-    let o = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args([
-            "train",
-            "--device",
-            "wgpu",
+    let text = train_on_wgpu(
+        &dir.join("data"),
+        &outputs,
+        &[
             "--epochs",
             "2",
             "--batch-size",
             "8",
-        ])
-        .args(["--image-size", "32", "--workers", "1", "--lr", "0.01"])
-        .arg("--data")
-        .arg(dir.join("data"))
-        .arg("--output-dir")
-        .arg(&outputs)
-        .output()
-        .expect("kiln runs");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
+            "--image-size",
+            "32",
+            "--workers",
+            "1",
+            "--lr",
+            "0.01",
+        ],
+        &[],
     );
-    assert!(o.status.success(), "{text}");
     assert!(text.contains("epoch 2/2"), "{text}");
     assert!(outputs.join("model/model.safetensors").is_file());
-    let metrics = std::fs::read_to_string(dir.join("logs/metrics.jsonl")).expect("metrics");
-    let losses: Vec<f64> = metrics
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json"))
-        .filter(|m| m["name"] == "loss")
-        .map(|m| m["value"].as_f64().expect("a finite loss"))
-        .collect();
+    let (losses, metrics) = metric(&dir, "loss", None);
     assert_eq!(
         losses.len(),
         4,
@@ -91,7 +114,7 @@ fn step_gradients(
     use burn::optim::GradientsParams;
     use burn::tensor::Tensor;
     use kiln_engine::models::autocast::autocast;
-    use kiln_engine::train::scaler::LossScaler;
+    use kiln_engine::train::scaler::{self, LossScaler};
 
     struct Collect(GradientsParams, Vec<Vec<f32>>);
     impl ModuleVisitor for Collect {
@@ -105,23 +128,22 @@ fn step_gradients(
     }
     // f16 runs as the trainer runs it: the loss scaled, the gradients unscaled, the scale
     // halved while they overflow (what GradScaler's first steps do).
-    let mut scaler = LossScaler::default();
+    let mut loss_scaler = low.map(|_| LossScaler::default());
     let grads = loop {
         let logits = autocast(low, || model.forward(x.clone()));
         let loss = kiln_engine::train::loss::cross_entropy(logits, y.clone());
-        if low.is_none() {
-            break GradientsParams::from_grads(loss.backward(), model);
-        }
-        let grads = GradientsParams::from_grads(scaler.scale_loss(loss).backward(), model);
-        if let Some(grads) = scaler.unscale(model, grads) {
-            eprintln!("f16 gradients at loss scale {}", scaler.scale);
+        let grads = scaler::backward(model, loss, loss_scaler.as_ref());
+        if let Some(grads) = scaler::for_sgd(model, grads, loss_scaler.as_mut()) {
             break grads;
         }
         assert!(
-            scaler.scale >= 1.0,
+            loss_scaler.is_some_and(|s| s.scale >= 1.0),
             "f16 gradients overflow at every loss scale"
         );
     };
+    if let Some(s) = loss_scaler {
+        eprintln!("f16 gradients at loss scale {}", s.scale);
+    }
     let mut collect = Collect(grads, Vec::new());
     model.visit(&mut collect);
     collect.1
@@ -216,37 +238,35 @@ fn two_colours(root: &Path, per_class: usize) {
 /// The best training and validation accuracies of `kiln train` on `data` in `precision` (on
 /// wgpu), over 5 epochs.
 fn wgpu_accuracy(data: &Path, out: &Path, precision: &str) -> (f64, f64) {
-    let o = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(["train", "--device", "wgpu", "--precision", precision])
-        .args(["--epochs", "5", "--batch-size", "8", "--image-size", "32"])
-        // At lr 0.01 a set this small often validates at chance on either device (eval-mode
-        // batch norm on a few steps' running statistics); 0.001 learns it in 3 epochs.
-        .args(["--workers", "1", "--lr", "0.001", "--seed", "3"])
-        .args(["--patience", "5"])
-        .arg("--data")
-        .arg(data)
-        .arg("--output-dir")
-        .arg(out.join("outputs"))
+    let text = train_on_wgpu(
+        data,
+        &out.join("outputs"),
+        &[
+            "--precision",
+            precision,
+            "--epochs",
+            "5",
+            "--batch-size",
+            "8",
+            "--image-size",
+            "32",
+            "--workers",
+            "1",
+            // At lr 0.01 a set this small often validates at chance on either device
+            // (eval-mode batch norm on a few steps' running statistics); 0.001 learns it in 3
+            // epochs.
+            "--lr",
+            "0.001",
+            "--seed",
+            "3",
+            "--patience",
+            "5",
+        ],
         // Kernel compilation dominates a run this small on a software adapter.
-        .env("CUBECL_AUTOTUNE_LEVEL", "minimal")
-        .output()
-        .expect("kiln runs");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
+        &[("CUBECL_AUTOTUNE_LEVEL", "minimal")],
     );
-    assert!(o.status.success(), "{text}");
     assert!(text.contains(&format!("precision {precision}")), "{text}");
-    let metrics = std::fs::read_to_string(out.join("logs/metrics.jsonl")).expect("metrics");
-    let acc = |split: &str| -> Vec<f64> {
-        metrics
-            .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json"))
-            .filter(|m| m["name"] == "acc" && m["split"] == split)
-            .map(|m| m["value"].as_f64().expect("an accuracy"))
-            .collect()
-    };
+    let acc = |split| metric(out, "acc", Some(split)).0;
     for line in text.lines().filter(|l| l.contains("overflowed")) {
         eprintln!("{precision}: {line}");
     }

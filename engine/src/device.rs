@@ -44,64 +44,60 @@ pub struct Opened {
     pub name: String,
 }
 
+impl Opened {
+    fn new(device: Device, backend: Backend, name: impl Into<String>) -> Self {
+        Self {
+            device,
+            backend,
+            name: name.into(),
+        }
+    }
+}
+
 /// Opens the device `kind` names; `auto` picks one as this module says.
 pub fn open(kind: DeviceKind) -> Result<Opened, EngineError> {
-    let (device, backend, name) = match kind {
-        DeviceKind::Cpu => (Device::flex(), Backend::Cpu, "cpu".to_string()),
-        DeviceKind::Wgpu => (
-            Device::wgpu(WgpuKind::default()),
-            Backend::Wgpu,
-            "wgpu".to_string(),
-        ),
-        DeviceKind::Cuda => open_cuda()?,
+    Ok(match kind {
+        DeviceKind::Cpu => Opened::new(Device::flex(), Backend::Cpu, "cpu"),
+        DeviceKind::Wgpu => Opened::new(Device::wgpu(WgpuKind::default()), Backend::Wgpu, "wgpu"),
+        DeviceKind::Cuda => cuda().map_err(|reason| EngineError::NoDevice {
+            device: "cuda",
+            reason,
+        })?,
         DeviceKind::Auto => {
-            let (device, backend, name) = pick();
-            (device, backend, format!("auto: {name}"))
+            let picked = pick();
+            Opened {
+                name: format!("auto: {}", picked.name),
+                ..picked
+            }
         }
-    };
-    Ok(Opened {
-        device,
-        backend,
-        name,
     })
 }
 
+/// The first CUDA device, once the driver says there is one (cudarc panics when it cannot
+/// load the driver: look first); why not, otherwise.
 #[cfg(feature = "cuda")]
-fn open_cuda() -> Result<(Device, Backend, String), EngineError> {
-    // cudarc panics when it cannot load the driver: look first.
-    let count = cuda_devices().map_err(|reason| EngineError::NoDevice {
-        device: "cuda",
-        reason,
-    })?;
-    Ok((
-        Device::cuda(0),
-        Backend::Cuda,
-        format!("cuda:0 ({count} device(s))"),
-    ))
+fn cuda() -> Result<Opened, String> {
+    let count = cuda_devices()?;
+    let name = format!("cuda:0 ({count} device(s))");
+    Ok(Opened::new(Device::cuda(0), Backend::Cuda, name))
 }
 
 #[cfg(not(feature = "cuda"))]
-fn open_cuda() -> Result<(Device, Backend, String), EngineError> {
-    Err(EngineError::NoDevice {
-        device: "cuda",
-        reason: "this build has no CUDA support (build with `--features cuda`; \
-                 scripts/setup-cuda-build.sh where LLVM cannot be downloaded)"
+fn cuda() -> Result<Opened, String> {
+    Err(
+        "this build has no CUDA support (build with `--features cuda`; \
+         scripts/setup-cuda-build.sh where LLVM cannot be downloaded)"
             .into(),
-    })
+    )
 }
 
 /// What `auto` picks, worked out once per process.
-fn pick() -> (Device, Backend, String) {
-    static PICKED: OnceLock<(Device, Backend, String)> = OnceLock::new();
+fn pick() -> Opened {
+    static PICKED: OnceLock<Opened> = OnceLock::new();
     PICKED
         .get_or_init(|| {
-            #[cfg(feature = "cuda")]
-            if let Ok(count) = cuda_devices() {
-                return (
-                    Device::cuda(0),
-                    Backend::Cuda,
-                    format!("cuda:0 ({count} device(s))"),
-                );
+            if let Ok(opened) = cuda() {
+                return opened;
             }
             let cuda = if cfg!(feature = "cuda") {
                 "no CUDA device"
@@ -109,8 +105,10 @@ fn pick() -> (Device, Backend, String) {
                 "a build without CUDA"
             };
             match gpu_device_nodes().then(hardware_adapter).flatten() {
-                Some((kind, name)) => (Device::wgpu(kind), Backend::Wgpu, format!("wgpu: {name}")),
-                None => (
+                Some((kind, name)) => {
+                    Opened::new(Device::wgpu(kind), Backend::Wgpu, format!("wgpu: {name}"))
+                }
+                None => Opened::new(
                     Device::flex(),
                     Backend::Cpu,
                     format!("cpu ({cuda}, no hardware GPU adapter)"),
@@ -198,22 +196,19 @@ fn hardware_adapter() -> Option<(WgpuKind, String)> {
         (wgpu::DeviceType::VirtualGpu, "virtual GPU"),
     ];
     for (device_type, words) in kinds {
-        // burn counts each kind from zero, in enumeration order, on the API it settles on.
         let Some(first) = adapters.iter().find(|a| a.device_type == device_type) else {
             continue;
         };
-        let backend = first.backend;
-        let index = adapters
-            .iter()
-            .filter(|a| a.backend == backend && a.device_type == device_type)
-            .position(|a| std::ptr::eq(a, first))
-            .unwrap_or(0);
+        // burn counts each kind from zero, in enumeration order: the first is 0.
         let kind = match device_type {
-            wgpu::DeviceType::DiscreteGpu => WgpuKind::DiscreteGpu(index),
-            wgpu::DeviceType::IntegratedGpu => WgpuKind::IntegratedGpu(index),
-            _ => WgpuKind::VirtualGpu(index),
+            wgpu::DeviceType::DiscreteGpu => WgpuKind::DiscreteGpu(0),
+            wgpu::DeviceType::IntegratedGpu => WgpuKind::IntegratedGpu(0),
+            _ => WgpuKind::VirtualGpu(0),
         };
-        return Some((kind, format!("{} ({backend:?}, {words})", first.name)));
+        return Some((
+            kind,
+            format!("{} ({:?}, {words})", first.name, first.backend),
+        ));
     }
     None
 }

@@ -18,6 +18,7 @@ use crate::train::checkpoint::TrainerState;
 use crate::train::loss::{cross_entropy, cross_entropy_sum};
 use crate::train::metrics::correct_top_k;
 use crate::train::progress::Progress;
+use crate::train::scaler;
 use crate::train::setup::Setup;
 use crate::train::strategies::Strategy;
 
@@ -152,20 +153,11 @@ fn train_step(
         .sum()
         .float();
     let loss_and_hits = Tensor::cat(vec![loss.clone().detach(), hits], 0);
-    let backward = match &state.loss_scaler {
-        Some(scaler) => scaler.scale_loss(loss),
-        None => loss,
-    };
-    let grads = GradientsParams::from_grads(backward.backward(), &model);
+    let grads = scaler::backward(&model, loss, state.loss_scaler.as_ref());
     let grads = strategy.gradients(&model, grads)?;
-    let grads = match &mut state.loss_scaler {
-        Some(scaler) => {
-            sums.host_reads += 1;
-            scaler.unscale(&model, grads)
-        }
-        None => Some(grads),
-    };
-    match grads {
+    // Unscaling reads whether the gradients overflowed.
+    sums.host_reads += usize::from(state.loss_scaler.is_some());
+    match scaler::for_sgd(&model, grads, state.loss_scaler.as_mut()) {
         Some(grads) => model = setup.sgd.step(model, grads, lr, head_lr),
         // An f16 overflow: no update this step, as GradScaler skips `optimizer.step()`.
         None => sums.overflow_steps += 1,

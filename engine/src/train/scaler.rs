@@ -81,6 +81,29 @@ impl LossScaler {
     }
 }
 
+/// The gradients of `loss` for `model`; with a scaler, of the loss it scaled (what an f16 step
+/// differentiates).
+pub fn backward(model: &Model, loss: Tensor<1>, scaler: Option<&LossScaler>) -> GradientsParams {
+    let loss = match scaler {
+        Some(scaler) => scaler.scale_loss(loss),
+        None => loss,
+    };
+    GradientsParams::from_grads(loss.backward(), model)
+}
+
+/// `grads` ready for SGD: as they are without a scaler; with one, unscaled ([`LossScaler::unscale`]),
+/// or `None` when they overflowed and the step must be skipped.
+pub fn for_sgd(
+    model: &Model,
+    grads: GradientsParams,
+    scaler: Option<&mut LossScaler>,
+) -> Option<GradientsParams> {
+    match scaler {
+        Some(scaler) => scaler.unscale(model, grads),
+        None => Some(grads),
+    }
+}
+
 /// Multiplies each gradient of the visited parameters by `inverse`, summing them all.
 struct Unscale {
     grads: GradientsParams,
