@@ -167,7 +167,11 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
             iters,
             device,
             json,
-        } => predict(&model, batch_size, iters, device, json),
+        } => {
+            // Inside a pool, as `kiln predict` and each of `kiln serve`'s model copies run.
+            compute_pool(default_threads())?
+                .install(|| predict(&model, batch_size, iters, device, json))
+        }
         BenchCommand::Data {
             dir,
             image_size,

@@ -25,6 +25,7 @@ use rayon::prelude::*;
 use crate::flex::{FlexTensor, copy, f32_slice, fill, filled, from_vec, unfilled};
 
 mod columns;
+mod narrow;
 mod per_image;
 
 use columns::{col2im, im2col};
@@ -367,17 +368,14 @@ fn batched_forward(x: &[f32], w: &[f32], g: &Geometry) -> Vec<f32> {
     let col = im2col_matrix(x, g);
     let mut out = unfilled(g.co * np);
     for group in 0..g.groups {
-        matmul(
-            cog,
-            np,
-            k,
+        let (dst, w, col) = (
             &mut out[group * cog * np..][..cog * np],
-            &w[group * cog * k..],
-            (k, 1),
-            &col[group * k * np..],
-            (np, 1),
-            POOL,
+            &w[group * cog * k..][..cog * k],
+            &col[group * k * np..][..k * np],
         );
+        if np > narrow::MAX_COLUMNS || !narrow::matmul(cog, np, k, dst, w, col) {
+            matmul(cog, np, k, dst, w, (k, 1), col, (np, 1), POOL);
+        }
     }
     // SAFETY: the groups' GEMMs wrote every row of `out`.
     let out = unsafe { filled(out) };

@@ -368,6 +368,10 @@ mod tests {
             case(3, 16, [9, 9], 4, 3, 1, 1, 1),   // dense 3x3, input gradient as a forward
             case(2, 16, [9, 9], 8, 3, 1, 1, 2),   // grouped, fewer outputs than inputs
             case(2, 16, [6, 5], 4, 3, 1, 1, 1),   // the same, batched
+            // Narrow GEMMs (at most 15 output pixels in the batch), tails of rows and k:
+            case(1, 256, [2, 2], 72, 3, 1, 1, 1), // a last stage at 64 px, batch 1: k 2304
+            case(3, 40, [2, 2], 13, 3, 1, 1, 1),  // 12 columns, k 360, 13 rows
+            case(1, 64, [4, 4], 30, 3, 2, 1, 1),  // strided, 4 columns
         ] {
             check(&c, &device);
         }
