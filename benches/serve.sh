@@ -7,13 +7,18 @@
 #
 #   benches/serve.sh PYTHON [SECONDS] [CLIENTS] [MODEL_DIR]
 #
+# KILN=path runs that kiln binary instead of building `target/release/kiln` (say, one built with
+# `--features cuda`, whose features a plain build would rebuild).
 # PYTHON has onnxruntime, onnx, pillow and numpy. Without MODEL_DIR a resnet18 is trained for
 # one epoch on the bundled Fashion-MNIST subset at 64 px and served; images are its val set.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=$1 seconds=${2:-30} clients=${3:-16} model=${4:-}
-cargo build --release -q -p kiln
-kiln="${CARGO_TARGET_DIR:-target}/release/kiln"
+kiln=${KILN:-}
+if [ -z "$kiln" ]; then
+    cargo build --release -q -p kiln
+    kiln="${CARGO_TARGET_DIR:-target}/release/kiln"
+fi
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$work"' EXIT
 images=data/fashion-mnist-mini/val

@@ -9,6 +9,8 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 use clap::Args;
 use kiln_engine::config::DeviceKind;
+use kiln_engine::device::Backend;
+use kiln_engine::train::threads::available_cores;
 use kiln_runs as runs;
 use kiln_serve::{BatchLimits, Keys, Notice, ServeOptions, ServedModel, auth};
 
@@ -36,9 +38,10 @@ pub struct ServeArgs {
     /// Longest a batch waits for more requests after its first, in milliseconds.
     #[arg(long, default_value_t = 5)]
     max_batch_delay_ms: u64,
-    /// Model copies, each scoring batches on its own thread.
-    #[arg(long, default_value_t = 1)]
-    workers: usize,
+    /// Model copies, each scoring batches on its own share of the cores (default: one per core
+    /// this process may use on the CPU, at most 64; one on a GPU).
+    #[arg(long)]
+    workers: Option<usize>,
     /// The largest request body accepted, in MiB (1 to 1024); larger ones get 413.
     #[arg(long, default_value_t = 16)]
     max_body_mb: usize,
@@ -84,6 +87,10 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
         );
         Some(keys)
     };
+    let workers = match args.workers {
+        Some(workers) => workers,
+        None => default_workers(args.device)?,
+    };
     let options = ServeOptions {
         host: args.host,
         port: args.port,
@@ -92,14 +99,13 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
             max_batch_size: args.max_batch_size,
             max_batch_delay: Duration::from_millis(args.max_batch_delay_ms),
         },
-        workers: args.workers,
+        workers,
         max_body_bytes: args.max_body_mb << 20,
         timeout: Duration::from_millis(args.timeout_ms),
         keys,
         keys_file: args.keys_file,
     };
     let (name, version, dir) = (model.name.clone(), model.version.clone(), model.dir.clone());
-    let workers = args.workers;
     kiln_serve::run(model, options, move |notice| match notice {
         Notice::Listening(addr) => println!(
             "kiln serve: {name} version {version} from {} on http://{addr}/v2/models/{name} \
@@ -117,6 +123,16 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
     })?;
     println!("kiln serve: stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Model copies when `--workers` is not given: one per core on the CPU, where a batch-1 forward
+/// gains little from a second thread and a copy per core served 1.5x the images of one copy
+/// with both cores at batch limit 1, and 1.2x at 8 (benches/README.md); one on a GPU.
+fn default_workers(device: DeviceKind) -> Result<usize> {
+    Ok(match kiln_engine::device::open(device)?.backend {
+        Backend::Cpu => available_cores().min(64),
+        Backend::Wgpu | Backend::Cuda => 1,
+    })
 }
 
 /// `MODEL`: a model directory, else a registered `NAME[:VERSION]` served from the registry in
