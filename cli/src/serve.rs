@@ -12,7 +12,7 @@ use kiln_engine::config::DeviceKind;
 use kiln_engine::device::Backend;
 use kiln_engine::train::threads::available_cores;
 use kiln_runs as runs;
-use kiln_serve::{BatchLimits, Keys, Notice, ServeOptions, ServedModel, auth};
+use kiln_serve::{BatchLimits, Keys, MAX_WORKERS, Notice, ServeOptions, ServedModel, auth};
 
 /// Arguments of `kiln serve`.
 #[derive(Args, Debug)]
@@ -130,7 +130,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
 /// with both cores at batch limit 1, and 1.2x at 8 (benches/README.md); one on a GPU.
 fn default_workers(device: DeviceKind) -> Result<usize> {
     Ok(match kiln_engine::device::open(device)?.backend {
-        Backend::Cpu => available_cores().min(64),
+        Backend::Cpu => available_cores().min(MAX_WORKERS),
         Backend::Wgpu | Backend::Cuda => 1,
     })
 }

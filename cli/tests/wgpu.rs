@@ -25,11 +25,13 @@ fn subset(from: &Path, to: &Path, per_class: usize) {
     }
 }
 
-/// Runs `kiln train --device wgpu --data DATA --output-dir OUTPUTS` with `args` (and `env`),
-/// asserts that it succeeded, and returns what it printed.
+/// Runs a small `kiln train --device wgpu --data DATA --output-dir OUTPUTS` (batch 8, 32 px,
+/// one decode thread) with `args` (and `env`), asserts that it succeeded, and returns what it
+/// printed.
 fn train_on_wgpu(data: &Path, outputs: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
     let o = Command::new(env!("CARGO_BIN_EXE_kiln"))
         .args(["train", "--device", "wgpu"])
+        .args(["--batch-size", "8", "--image-size", "32", "--workers", "1"])
         .args(args)
         .arg("--data")
         .arg(data)
@@ -74,18 +76,7 @@ fn train_on_wgpu_end_to_end() {
     let text = train_on_wgpu(
         &dir.join("data"),
         &outputs,
-        &[
-            "--epochs",
-            "2",
-            "--batch-size",
-            "8",
-            "--image-size",
-            "32",
-            "--workers",
-            "1",
-            "--lr",
-            "0.01",
-        ],
+        &["--epochs", "2", "--lr", "0.01"],
         &[],
     );
     assert!(text.contains("epoch 2/2"), "{text}");
@@ -246,12 +237,6 @@ fn wgpu_accuracy(data: &Path, out: &Path, precision: &str) -> (f64, f64) {
             precision,
             "--epochs",
             "5",
-            "--batch-size",
-            "8",
-            "--image-size",
-            "32",
-            "--workers",
-            "1",
             // At lr 0.01 a set this small often validates at chance on either device
             // (eval-mode batch norm on a few steps' running statistics); 0.001 learns it in 3
             // epochs.

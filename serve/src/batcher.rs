@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use kiln_engine::config::DeviceKind;
 use kiln_engine::infer::Scorer;
+use kiln_engine::train::threads::available_cores;
 use tokio::sync::oneshot;
 
 use crate::metrics::Metrics;
@@ -58,8 +59,7 @@ impl Batcher {
         let jobs = Arc::new(Mutex::new(jobs));
         // The cores are split between the copies: each runs on its own rayon pool (which the
         // CPU kernels' GEMMs use too), so two copies never fight over the same threads.
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let threads = (cores / workers).max(1);
+        let threads = (available_cores() / workers).max(1);
         let handles = (0..workers)
             .map(|i| {
                 let (dir, jobs, metrics, loaded) =

@@ -27,6 +27,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use kiln_engine::config::DeviceKind;
 use kiln_engine::model_dir::{self, ModelInfo};
+use kiln_engine::train::threads::available_cores;
 use tokio::sync::{Notify, Semaphore};
 
 pub use auth::Keys;
@@ -48,6 +49,9 @@ pub struct ServedModel {
     pub version: String,
 }
 
+/// The most model copies one service runs.
+pub const MAX_WORKERS: usize = 64;
+
 /// How `kiln serve` runs.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
@@ -59,7 +63,7 @@ pub struct ServeOptions {
     pub device: DeviceKind,
     /// Batching.
     pub limits: BatchLimits,
-    /// Model copies, each on its own thread.
+    /// Model copies, each on its own thread (1 to [`MAX_WORKERS`]).
     pub workers: usize,
     /// The largest request body accepted.
     pub max_body_bytes: usize,
@@ -194,7 +198,7 @@ pub fn serve_until(
     let notify = Arc::new(notify);
     let metrics = Arc::new(Metrics::default());
     let (loaded_tx, loaded) = std::sync::mpsc::channel();
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cores = available_cores();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cores.min(4))
         .max_blocking_threads(cores)
@@ -335,11 +339,11 @@ fn check(options: &ServeOptions) -> Result<(), ServeError> {
             "0 to 10000",
         );
     }
-    if !(1..=64).contains(&options.workers) {
+    if !(1..=MAX_WORKERS).contains(&options.workers) {
         return bad(
             "workers",
             options.workers.to_string(),
-            "1 to 64 model copies",
+            &format!("1 to {MAX_WORKERS} model copies"),
         );
     }
     if options.keys.is_none() && !options.host.is_loopback() {
