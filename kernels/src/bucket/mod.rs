@@ -11,6 +11,8 @@ pub mod cube;
 pub mod reference;
 
 use burn::backend::{Backend, Dispatch, backend_extension, tensor::FloatTensor};
+#[cfg(feature = "fusion")]
+use burn::tensor::Shape;
 use burn::tensor::{DType, Tensor};
 use burn_cubecl::CubeBackend;
 
@@ -18,9 +20,10 @@ use crate::is_cube_device;
 
 /// Backend operations behind [`pack`] and [`unpack`]; cube backends only (the public functions
 /// run the reference elsewhere).
-#[backend_extension(Cube)]
+#[backend_extension(Cube, Fusion: cfg(feature = "fusion"))]
 pub trait BucketBackend: Backend {
     /// `src` converted to `bucket`'s dtype and written at `offset`; returns the bucket.
+    #[fusion(dtype = bucket, shape = bucket)]
     fn bucket_write(
         bucket: FloatTensor<Self>,
         src: FloatTensor<Self>,
@@ -28,6 +31,7 @@ pub trait BucketBackend: Backend {
     ) -> FloatTensor<Self>;
 
     /// `len` values of `bucket` from `offset`, as a new tensor of `dtype`.
+    #[fusion(dtype = *dtype, shape = Shape::new([*len]))]
     fn bucket_read(
         bucket: FloatTensor<Self>,
         offset: usize,

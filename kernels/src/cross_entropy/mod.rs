@@ -24,12 +24,18 @@ use burn::backend::{
     tensor::{FloatTensor, IntTensor},
 };
 use burn::tensor::{Int, Tensor};
+#[cfg(feature = "fusion")]
+use burn::{backend::fusion::custom::TensorSpec, tensor::Shape};
 use burn_cubecl::CubeBackend;
 
 /// Backend operations behind [`cross_entropy_rows`].
-#[backend_extension(Cube, Flex, Autodiff)]
+#[backend_extension(Cube, Flex, Autodiff, Fusion: cfg(feature = "fusion"))]
 pub trait CrossEntropyBackend: Backend {
     /// Per-row losses `[n]` and log-sum-exps `[n]` of `logits` `[n, c]` against `targets` `[n]`.
+    #[fusion(meta = |logits, _targets, _label_smoothing| {
+        let rows = TensorSpec::new(Shape::new([logits.shape[0]]), logits.dtype);
+        (rows.clone(), rows)
+    })]
     fn cross_entropy_forward(
         logits: FloatTensor<Self>,
         targets: IntTensor<Self>,
@@ -37,6 +43,7 @@ pub trait CrossEntropyBackend: Backend {
     ) -> (FloatTensor<Self>, FloatTensor<Self>);
 
     /// Gradient `[n, c]` of the per-row losses for upstream gradients `grad` `[n]`.
+    #[fusion(dtype = logits, shape = logits)]
     fn cross_entropy_backward(
         logits: FloatTensor<Self>,
         targets: IntTensor<Self>,
@@ -46,7 +53,7 @@ pub trait CrossEntropyBackend: Backend {
     ) -> FloatTensor<Self>;
 }
 
-// `burn::backend::Cube` is `CubeBackend` while burn's `fusion` feature is off (see sgd_update).
+// The inner backend of the `Cube` route, with or without fusion (see sgd_update).
 impl CrossEntropyBackend for CubeBackend {
     fn cross_entropy_forward(
         logits: FloatTensor<Self>,

@@ -13,6 +13,8 @@ use burn::backend::{
     Backend, Dispatch, backend_extension,
     tensor::{FloatTensor, IntTensor},
 };
+#[cfg(feature = "fusion")]
+use burn::tensor::{DType, Shape};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use burn_cubecl::CubeBackend;
 
@@ -66,12 +68,13 @@ impl RawBatch<'_> {
 }
 
 /// Backend operation behind [`preprocess`]; cube backends only.
-#[backend_extension(Cube)]
+#[backend_extension(Cube, Fusion: cfg(feature = "fusion"))]
 pub trait PreprocessBackend: Backend {
     /// `[n, 3, size, size]` f32 from the bytes packed little-endian in 32-bit `words` and the
     /// per-sample `params` `[n * 3]` = (crop y, crop x, flip), normalised as
     /// `byte * scale[c] + shift[c]`.
     #[allow(clippy::too_many_arguments)]
+    #[fusion(dtype = DType::F32, shape = Shape::new([*n, 3, *size, *size]))]
     fn preprocess(
         words: IntTensor<Self>,
         params: IntTensor<Self>,

@@ -39,9 +39,10 @@ pub struct SgdParams {
     pub nesterov: bool,
 }
 
-#[backend_extension(Cube, Flex)]
+#[backend_extension(Cube, Flex, Fusion: cfg(feature = "fusion"))]
 pub trait SgdBackend: Backend {
     /// momentum == 0: returns the new parameter.
+    #[fusion(dtype = param, shape = param)]
     fn sgd_plain(
         param: FloatTensor<Self>,
         grad: FloatTensor<Self>,
@@ -49,6 +50,7 @@ pub trait SgdBackend: Backend {
     ) -> FloatTensor<Self>;
 
     /// momentum != 0, first step (no buffer yet): returns (new parameter, new buffer).
+    #[fusion(meta = |param, _grad, _params| (param.clone(), param.clone()))]
     fn sgd_momentum_first(
         param: FloatTensor<Self>,
         grad: FloatTensor<Self>,
@@ -56,6 +58,7 @@ pub trait SgdBackend: Backend {
     ) -> (FloatTensor<Self>, FloatTensor<Self>);
 
     /// momentum != 0, later steps: returns (new parameter, new buffer).
+    #[fusion(meta = |param, _grad, buf, _params| (param.clone(), buf.clone()))]
     fn sgd_momentum(
         param: FloatTensor<Self>,
         grad: FloatTensor<Self>,
@@ -64,9 +67,10 @@ pub trait SgdBackend: Backend {
     ) -> (FloatTensor<Self>, FloatTensor<Self>);
 }
 
-// `burn::backend::Cube` is `CubeBackend` while burn's `fusion` feature is off (kiln's case) and
-// `Fusion<CubeBackend>` when it is on; this impl then no longer matches the `Cube` route and
-// the build fails in the generated `Dispatch` impl rather than running the wrong code.
+// `burn::backend::Cube` is `CubeBackend` without burn's `fusion` feature and
+// `Fusion<CubeBackend>` with it (kiln's default). Under fusion the `Fusion` selector above
+// generates `impl SgdBackend for Fusion<CubeBackend>`: it records the call in the fusion stream
+// with the `#[fusion]` output shapes and runs this impl when the stream executes.
 impl SgdBackend for CubeBackend {
     fn sgd_plain(
         param: FloatTensor<Self>,
