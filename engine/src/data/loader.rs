@@ -1,6 +1,7 @@
 //! The parallel loader: images decoded and transformed on a rayon pool, batches assembled on a
-//! prefetch thread a bounded number ahead of training, the same batches for the same seed
-//! however many threads run. [`Sampler`] gives each rank its shard with PyTorch's
+//! prefetch thread a bounded number ahead of training (and, with [`Loader::staged_batches`],
+//! uploaded to the device there, so the copy overlaps the step in flight), the same batches for
+//! the same seed however many threads run. [`Sampler`] gives each rank its shard with PyTorch's
 //! `DistributedSampler` semantics.
 
 use std::path::PathBuf;
@@ -153,6 +154,20 @@ impl Loader {
     /// The batches of one epoch over `indices` (see [`Sampler`]), made on a background thread
     /// at most `prefetch` ahead. Dropping the iterator stops the thread.
     pub fn batches(&self, epoch: usize, indices: Vec<usize>) -> BatchIter {
+        self.staged_batches(epoch, indices, |batch| batch)
+    }
+
+    /// As [`Loader::batches`], each batch passed through `stage` on the background thread
+    /// before it is handed over: the trainer uploads it to the device there, so the copy (and,
+    /// on cube devices, the preprocess kernel, on that thread's own stream) runs while the
+    /// training thread's step is still in flight, as PyTorch's `pin_memory` +
+    /// `non_blocking=True` copies do.
+    pub fn staged_batches<T: Send + 'static>(
+        &self,
+        epoch: usize,
+        indices: Vec<usize>,
+        stage: impl Fn(Batch) -> T + Send + 'static,
+    ) -> BatchIter<T> {
         let (tx, rx) = sync_channel(self.config.prefetch.max(1));
         let samples = Arc::clone(&self.samples);
         let config = self.config.clone();
@@ -161,7 +176,9 @@ impl Loader {
             .name("kiln-prefetch".into())
             .spawn(move || {
                 for chunk in indices.chunks(config.batch_size.max(1)) {
-                    let batch = pool.install(|| make_batch(&samples, chunk, epoch, &config));
+                    let batch = pool
+                        .install(|| make_batch(&samples, chunk, epoch, &config))
+                        .map(&stage);
                     let failed = batch.is_err();
                     if tx.send(batch).is_err() || failed {
                         return;
@@ -173,13 +190,13 @@ impl Loader {
     }
 }
 
-/// Batches of one epoch; see [`Loader::batches`].
-pub struct BatchIter {
-    rx: Receiver<Result<Batch, EngineError>>,
+/// Batches of one epoch (or what a stage made of them); see [`Loader::batches`].
+pub struct BatchIter<T = Batch> {
+    rx: Receiver<Result<T, EngineError>>,
 }
 
-impl Iterator for BatchIter {
-    type Item = Result<Batch, EngineError>;
+impl<T> Iterator for BatchIter<T> {
+    type Item = Result<T, EngineError>;
     fn next(&mut self) -> Option<Self::Item> {
         self.rx.recv().ok()
     }

@@ -85,14 +85,15 @@ pub(crate) fn train_epoch(
     let started = Instant::now();
     let mut kept = KeptOnDevice::default();
     let indices = setup.train.sampler.indices(epoch);
-    let batches = setup.train.loader.batches(epoch, indices);
-    for (step, batch) in batches.take(setup.steps_per_epoch).enumerate() {
-        let batch = batch?;
+    let upload = Loaded::stage(setup.image_size, setup.device.clone());
+    let batches = setup.train.loader.staged_batches(epoch, indices, upload);
+    for (step, loaded) in batches.take(setup.steps_per_epoch).enumerate() {
+        let Loaded { batch, on_device } = loaded?;
         sums.skipped += batch.skipped.len();
         let lr = setup.schedule.lr(epoch, step);
         sums.lr = lr;
         let head_lr = lr * setup.head_ratio;
-        if batch.is_empty() {
+        let Some(input) = on_device else {
             // Every rank takes part in every step's collectives: a batch whose images all
             // failed to decode contributes zeros.
             if strategy.steps_without_images() {
@@ -101,14 +102,14 @@ pub(crate) fn train_epoch(
                 state.global_step += 1;
             }
             continue;
-        }
+        };
         let n = batch.len();
         let (trained, loss_and_hits) = train_step(
             setup,
             strategy,
             model,
             state,
-            &batch,
+            input,
             (lr, head_lr),
             &mut sums,
         )?;
@@ -136,12 +137,11 @@ fn train_step(
     strategy: &mut dyn Strategy,
     mut model: Model,
     state: &mut TrainerState,
-    batch: &Batch,
+    (x, y): (Tensor<4>, Tensor<1, Int>),
     (lr, head_lr): (f64, f64),
     sums: &mut TrainSums,
 ) -> Result<(Model, Tensor<1>), EngineError> {
-    let n = batch.len();
-    let (x, y) = to_device(batch, setup.image_size, &setup.device);
+    let n = y.dims()[0];
     let logits = autocast(setup.precision.low(), || model.forward(x));
     let loss = cross_entropy(logits.clone(), y.clone());
     let hits = logits
@@ -240,12 +240,12 @@ pub(crate) fn validate(setup: &Setup, model: &Model) -> Result<ValSums, EngineEr
         seen: 0,
     };
     let indices = setup.val.sampler.indices(0);
-    for batch in setup.val.loader.batches(0, indices) {
-        let batch = batch?;
-        if batch.is_empty() {
+    let upload = Loaded::stage(setup.image_size, device.clone());
+    for loaded in setup.val.loader.staged_batches(0, indices, upload) {
+        let Loaded { batch, on_device } = loaded?;
+        let Some((x, _)) = on_device else {
             continue;
-        }
-        let (x, _) = to_device(&batch, setup.image_size, &device);
+        };
         let logits = autocast(setup.precision.low(), || eval.forward(x))
             .into_data()
             .try_to_vec::<f32>()
@@ -258,9 +258,31 @@ pub(crate) fn validate(setup: &Setup, model: &Model) -> Result<ValSums, EngineEr
     Ok(sums)
 }
 
-/// A batch as the model's input and labels on `device`; raw batches are flipped and
-/// normalised there.
-fn to_device(batch: &Batch, size: u32, device: &Device) -> (Tensor<4>, Tensor<1, Int>) {
+/// A batch from the loader with, when it has images, the model's input and labels already on
+/// the device: [`Loaded::stage`] runs on the loader's prefetch thread, so the upload of the
+/// next batch overlaps the step in flight.
+struct Loaded {
+    /// The labels and skipped images (the pixels are dropped once uploaded).
+    batch: Batch,
+    /// The input `[n, 3, size, size]` and labels `[n]` on the device; `None` for a batch
+    /// without images.
+    on_device: Option<(Tensor<4>, Tensor<1, Int>)>,
+}
+
+impl Loaded {
+    /// The loader stage that uploads each batch to `device`.
+    fn stage(size: u32, device: Device) -> impl Fn(Batch) -> Loaded + Send + 'static {
+        move |mut batch| {
+            let on_device = (!batch.is_empty()).then(|| to_device(&mut batch, size, &device));
+            batch.pixels = Vec::new();
+            Loaded { batch, on_device }
+        }
+    }
+}
+
+/// A batch as the model's input and labels on `device` (its float images are moved out, not
+/// copied); raw batches are flipped and normalised there.
+fn to_device(batch: &mut Batch, size: u32, device: &Device) -> (Tensor<4>, Tensor<1, Int>) {
     let n = batch.len();
     let s = size as usize;
     let x = if !batch.pixels.is_empty() {
@@ -273,7 +295,10 @@ fn to_device(batch: &Batch, size: u32, device: &Device) -> (Tensor<4>, Tensor<1,
         };
         preprocess(&raw, s, IMAGENET_MEAN, IMAGENET_STD, device)
     } else {
-        Tensor::from_data(TensorData::new(batch.images.clone(), [n, 3, s, s]), device)
+        Tensor::from_data(
+            TensorData::new(std::mem::take(&mut batch.images), [n, 3, s, s]),
+            device,
+        )
     };
     let y = Tensor::from_data(TensorData::new(batch.labels.clone(), [n]), device);
     (x, y)
