@@ -28,8 +28,8 @@ pub struct ServeArgs {
     /// The name clients address a model directory by (default: the directory's name).
     #[arg(long)]
     name: Option<String>,
-    /// Where the model runs: auto, cpu, wgpu or cuda (auto: CUDA, else a hardware GPU, else the
-    /// CPU).
+    /// Where the model runs: auto, cpu, wgpu, cuda or vulkan (auto: CUDA, else a hardware GPU,
+    /// else the CPU).
     #[arg(long, default_value = "auto")]
     device: DeviceKind,
     /// Most images in one forward pass (1 to 1024).
@@ -131,7 +131,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
 fn default_workers(device: DeviceKind) -> Result<usize> {
     Ok(match kiln_engine::device::open(device)?.backend {
         Backend::Cpu => available_cores().min(MAX_WORKERS),
-        Backend::Wgpu | Backend::Cuda => 1,
+        Backend::Wgpu | Backend::Vulkan | Backend::Cuda => 1,
     })
 }
 

@@ -102,7 +102,8 @@ pub struct TrainArgs {
     /// standard, flip or none.
     #[arg(long, value_parser = parse_choice::<Augment>)]
     augment: Option<Augment>,
-    /// auto, cpu, wgpu or cuda (auto: CUDA, else a hardware GPU, else the CPU).
+    /// auto, cpu, wgpu, cuda or vulkan (auto: CUDA, else a hardware GPU, else the CPU; vulkan:
+    /// SPIR-V, in a `--features vulkan` build).
     #[arg(long, value_parser = parse_choice::<DeviceKind>)]
     device: Option<DeviceKind>,
     /// auto, f32, tf32, bf16 or f16: the convolutions' and classifier's arithmetic, as

@@ -1,8 +1,10 @@
 //! `kiln train --device wgpu` end to end: a few steps of ResNet-18 on a tiny copy of the
 //! bundled dataset, on whatever wgpu adapter there is (CI: llvmpipe, a software Vulkan driver),
 //! with the fused SGD kernel doing the updates. Skips without an adapter unless
-//! `KILN_REQUIRE_WGPU` is set.
+//! `KILN_REQUIRE_WGPU` is set. And `--device vulkan` (SPIR-V) with a `--features vulkan` build
+//! named by `KILN_VULKAN_BIN`.
 
+use std::ffi::OsStr;
 use std::path::Path;
 use std::process::Command;
 
@@ -29,8 +31,21 @@ fn subset(from: &Path, to: &Path, per_class: usize) {
 /// one decode thread) with `args` (and `env`), asserts that it succeeded, and returns what it
 /// printed.
 fn train_on_wgpu(data: &Path, outputs: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
-    let o = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(["train", "--device", "wgpu"])
+    let kiln = OsStr::new(env!("CARGO_BIN_EXE_kiln"));
+    train_with(kiln, "wgpu", data, outputs, args, env)
+}
+
+/// [`train_on_wgpu`] with the binary `kiln` on `device`.
+fn train_with(
+    kiln: &OsStr,
+    device: &str,
+    data: &Path,
+    outputs: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> String {
+    let o = Command::new(kiln)
+        .args(["train", "--device", device])
         .args(["--batch-size", "8", "--image-size", "32", "--workers", "1"])
         .args(args)
         .arg("--data")
@@ -229,7 +244,22 @@ fn two_colours(root: &Path, per_class: usize) {
 /// The best training and validation accuracies of `kiln train` on `data` in `precision` (on
 /// wgpu), over 5 epochs.
 fn wgpu_accuracy(data: &Path, out: &Path, precision: &str) -> (f64, f64) {
-    let text = train_on_wgpu(
+    let kiln = OsStr::new(env!("CARGO_BIN_EXE_kiln"));
+    let (train, val, _) = accuracy(kiln, "wgpu", data, out, precision);
+    (train, val)
+}
+
+/// [`wgpu_accuracy`] with the binary `kiln` on `device`, and what the run printed.
+fn accuracy(
+    kiln: &OsStr,
+    device: &str,
+    data: &Path,
+    out: &Path,
+    precision: &str,
+) -> (f64, f64, String) {
+    let text = train_with(
+        kiln,
+        device,
         data,
         &out.join("outputs"),
         &[
@@ -256,7 +286,7 @@ fn wgpu_accuracy(data: &Path, out: &Path, precision: &str) -> (f64, f64) {
         eprintln!("{precision}: {line}");
     }
     let best = |v: Vec<f64>| v.into_iter().fold(0.0, f64::max);
-    (best(acc("train")), best(acc("val")))
+    (best(acc("train")), best(acc("val")), text)
 }
 
 #[test]
@@ -284,6 +314,45 @@ fn f16_training_reaches_the_accuracy_of_f32() {
     assert!(
         f16_val >= f32_val - 0.01,
         "f16's validation accuracy {f16_val:.3} is more than a point below f32's {f32_val:.3}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A `--features vulkan` build of kiln (the binary `KILN_VULKAN_BIN` names; `.ci/run` builds
+/// it and sets `KILN_REQUIRE_VULKAN`) trains on `--device vulkan`, its kernels compiled to
+/// SPIR-V: the two colours in f32, and in f16 to within a point of f32.
+#[test]
+fn a_vulkan_build_trains_through_spirv() {
+    let Some(kiln) = std::env::var_os("KILN_VULKAN_BIN") else {
+        assert!(
+            std::env::var_os("KILN_REQUIRE_VULKAN").is_none(),
+            "KILN_REQUIRE_VULKAN is set but KILN_VULKAN_BIN names no `--features vulkan` build"
+        );
+        eprintln!("skipped: set KILN_VULKAN_BIN to a `--features vulkan` build of kiln");
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("kiln-wgpu-vulkan-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    two_colours(&dir.join("data"), 16);
+    let data = dir.join("data");
+    let (f32_train, f32_val, text) = accuracy(&kiln, "vulkan", &data, &dir.join("f32"), "f32");
+    assert!(
+        text.contains("vulkan: ") && text.contains("SPIR-V"),
+        "{text}"
+    );
+    let (f16_train, f16_val, _) = accuracy(&kiln, "vulkan", &data, &dir.join("f16"), "f16");
+    eprintln!(
+        "best accuracy on vulkan (SPIR-V): f32 train {f32_train:.3} val {f32_val:.3}, f16 train \
+         {f16_train:.3} val {f16_val:.3}"
+    );
+    assert!(
+        f32_train >= 0.9,
+        "f32 did not learn the two colours: {f32_train}"
+    );
+    assert!(
+        f16_train >= f32_train - 0.01 && f16_val >= f32_val - 0.01,
+        "f16 ({f16_train:.3}, {f16_val:.3}) is more than a point below f32 ({f32_train:.3}, \
+         {f32_val:.3})"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

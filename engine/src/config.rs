@@ -98,6 +98,10 @@ pub enum DeviceKind {
     Wgpu,
     /// An NVIDIA GPU through CUDA (builds with `--features cuda`).
     Cuda,
+    /// A GPU through wgpu pinned to Vulkan, kernels compiled to SPIR-V (cooperative-matrix
+    /// tensor cores in f16); builds with `--features vulkan`, which also turns `wgpu` devices
+    /// on Vulkan to SPIR-V.
+    Vulkan,
 }
 
 impl Choice for DeviceKind {
@@ -106,6 +110,7 @@ impl Choice for DeviceKind {
         DeviceKind::Cpu,
         DeviceKind::Wgpu,
         DeviceKind::Cuda,
+        DeviceKind::Vulkan,
     ];
 
     fn name(self) -> &'static str {
@@ -114,6 +119,7 @@ impl Choice for DeviceKind {
             DeviceKind::Cpu => "cpu",
             DeviceKind::Wgpu => "wgpu",
             DeviceKind::Cuda => "cuda",
+            DeviceKind::Vulkan => "vulkan",
         }
     }
 
@@ -186,8 +192,14 @@ impl Precision {
             (Backend::Cpu, _) => refuse("auto or f32", "kiln's CPU kernels compute in f32"),
             (Backend::Cuda, Precision::Auto) => Ok(Precision::Bf16),
             (Backend::Cuda, p) => Ok(p),
-            (Backend::Wgpu, Precision::Auto | Precision::F16) => Ok(Precision::F16),
+            (Backend::Wgpu | Backend::Vulkan, Precision::Auto | Precision::F16) => {
+                Ok(Precision::F16)
+            }
             (Backend::Wgpu, _) => refuse("auto, f32 or f16", "WGSL has neither TF32 nor bf16"),
+            (Backend::Vulkan, _) => refuse(
+                "auto, f32 or f16",
+                "kiln's SPIR-V path is tested in f32 and f16 only",
+            ),
         }
     }
 

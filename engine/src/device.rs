@@ -19,6 +19,8 @@ pub enum Backend {
     Wgpu,
     /// cubecl on CUDA.
     Cuda,
+    /// cubecl on wgpu pinned to Vulkan (SPIR-V; `--features vulkan`).
+    Vulkan,
 }
 
 impl Backend {
@@ -28,6 +30,7 @@ impl Backend {
             Backend::Cpu => "cpu",
             Backend::Wgpu => "wgpu",
             Backend::Cuda => "cuda",
+            Backend::Vulkan => "vulkan",
         }
     }
 }
@@ -63,6 +66,10 @@ pub fn open(kind: DeviceKind) -> Result<Opened, EngineError> {
             device: "cuda",
             reason,
         })?,
+        DeviceKind::Vulkan => vulkan().map_err(|reason| EngineError::NoDevice {
+            device: "vulkan",
+            reason,
+        })?,
         DeviceKind::Auto => {
             let picked = pick();
             Opened {
@@ -89,6 +96,38 @@ fn cuda() -> Result<Opened, String> {
          scripts/setup-cuda-build.sh where LLVM cannot be downloaded)"
             .into(),
     )
+}
+
+/// The first Vulkan adapter (hardware first; a software one such as llvmpipe counts when it is
+/// all there is, as for `--device wgpu`), pinned to Vulkan and so compiled to SPIR-V.
+#[cfg(feature = "vulkan")]
+fn vulkan() -> Result<Opened, String> {
+    let adapters = adapters(wgpu::Backends::VULKAN);
+    let order = [
+        wgpu::DeviceType::DiscreteGpu,
+        wgpu::DeviceType::IntegratedGpu,
+        wgpu::DeviceType::VirtualGpu,
+        wgpu::DeviceType::Cpu,
+    ];
+    for (rank, device_type) in order.into_iter().enumerate() {
+        let Some(first) = adapters.iter().find(|a| a.device_type == device_type) else {
+            continue;
+        };
+        let kind = match rank {
+            0 => WgpuKind::DiscreteGpu(0),
+            1 => WgpuKind::IntegratedGpu(0),
+            2 => WgpuKind::VirtualGpu(0),
+            _ => WgpuKind::Cpu,
+        };
+        let name = format!("vulkan: {} ({device_type:?}, SPIR-V)", first.name);
+        return Ok(Opened::new(Device::vulkan(kind), Backend::Vulkan, name));
+    }
+    Err("no Vulkan adapter found (is a Vulkan driver installed?)".into())
+}
+
+#[cfg(not(feature = "vulkan"))]
+fn vulkan() -> Result<Opened, String> {
+    Err("this build has no SPIR-V support (build with `--features vulkan`)".into())
 }
 
 /// What `auto` picks, worked out once per process.
@@ -180,16 +219,7 @@ fn gpu_device_nodes() -> bool {
 /// The first hardware GPU adapter wgpu finds (discrete, then integrated, then virtual),
 /// as the burn device that selects it, with its name, graphics API and kind.
 fn hardware_adapter() -> Option<(WgpuKind, String)> {
-    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
-        backends: wgpu::Backends::PRIMARY,
-        ..wgpu::InstanceDescriptor::new_without_display_handle()
-    });
-    let adapters: Vec<wgpu::AdapterInfo> =
-        block_on(instance.enumerate_adapters(wgpu::Backends::PRIMARY))
-            .iter()
-            .map(wgpu::Adapter::get_info)
-            .collect();
-    drop(instance);
+    let adapters = adapters(wgpu::Backends::PRIMARY);
     let kinds = [
         (wgpu::DeviceType::DiscreteGpu, "discrete GPU"),
         (wgpu::DeviceType::IntegratedGpu, "integrated GPU"),
@@ -211,6 +241,18 @@ fn hardware_adapter() -> Option<(WgpuKind, String)> {
         ));
     }
     None
+}
+
+/// What wgpu says of each adapter `backends` offer.
+fn adapters(backends: wgpu::Backends) -> Vec<wgpu::AdapterInfo> {
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+        backends,
+        ..wgpu::InstanceDescriptor::new_without_display_handle()
+    });
+    block_on(instance.enumerate_adapters(backends))
+        .iter()
+        .map(wgpu::Adapter::get_info)
+        .collect()
 }
 
 /// Runs a future to its end on this thread (wgpu's native futures are ready at once).
@@ -243,6 +285,18 @@ mod tests {
             assert!(kiln_kernels::is_flex_device(&opened.device));
             assert_eq!(opened.backend, Backend::Cpu);
         }
+    }
+
+    #[test]
+    fn vulkan_in_a_build_without_it_is_a_named_error() {
+        if cfg!(feature = "vulkan") {
+            return;
+        }
+        let e = open(DeviceKind::Vulkan).unwrap_err().to_string();
+        assert!(
+            e.starts_with("--device vulkan: ") && e.contains("--features vulkan"),
+            "{e}"
+        );
     }
 
     #[test]
