@@ -66,7 +66,7 @@ enum BenchCommand {
         /// Timed passes (after 2 warm-up ones).
         #[arg(long, default_value_t = 10)]
         iters: usize,
-        /// cpu, wgpu or cuda.
+        /// cpu, wgpu, cuda or vulkan.
         #[arg(long, default_value = "cpu", value_parser = parse_choice::<DeviceKind>)]
         device: DeviceKind,
         /// Print JSON.
@@ -75,7 +75,7 @@ enum BenchCommand {
     },
     /// kiln's fused kernels against their plain-burn references on one device.
     Kernels {
-        /// cpu, wgpu or cuda.
+        /// cpu, wgpu, cuda or vulkan.
         #[arg(long, default_value = "cpu", value_parser = parse_choice::<DeviceKind>)]
         device: DeviceKind,
         /// MiB of f32 per tensor (default: about resnet18's 11.7M parameters).
@@ -89,22 +89,30 @@ enum BenchCommand {
         json: bool,
     },
     /// The loader over an image folder: decode, training transform, batching.
-    Data {
-        /// An image folder (class sub-folders).
-        dir: PathBuf,
-        /// Image side.
-        #[arg(long, default_value_t = 224)]
-        image_size: u32,
-        /// Images per batch.
-        #[arg(long, default_value_t = 16)]
-        batch_size: usize,
-        /// Decode threads.
-        #[arg(long, default_value_t = 2)]
-        workers: usize,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Data(DataBench),
+}
+
+/// Arguments of `kiln bench data`.
+#[derive(Args, Debug)]
+struct DataBench {
+    /// An image folder (class sub-folders).
+    dir: PathBuf,
+    /// Image side.
+    #[arg(long, default_value_t = 224)]
+    image_size: u32,
+    /// Images per batch.
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+    /// Decode threads.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Leave the flip and the normalisation to the device, as training on a GPU does (the
+    /// loader then crops and resizes only).
+    #[arg(long)]
+    raw: bool,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Arguments of `kiln bench train`.
@@ -125,7 +133,7 @@ struct TrainBench {
     /// Untimed steps first (a GPU's kernel compilation and autotuning happen in them).
     #[arg(long, default_value_t = 2)]
     warmup: usize,
-    /// cpu, wgpu, cuda or auto.
+    /// cpu, wgpu, cuda, vulkan or auto.
     #[arg(long, default_value = "cpu", value_parser = parse_choice::<DeviceKind>)]
     device: DeviceKind,
     /// auto, f32, tf32, bf16 or f16, as `kiln train --precision`.
@@ -172,13 +180,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
             compute_pool(default_threads())?
                 .install(|| predict(&model, batch_size, iters, device, json))
         }
-        BenchCommand::Data {
-            dir,
-            image_size,
-            batch_size,
-            workers,
-            json,
-        } => data(&dir, image_size, batch_size, workers, json),
+        BenchCommand::Data(bench) => data(&bench),
     }
 }
 
@@ -342,14 +344,17 @@ fn predict(
     Ok(ExitCode::SUCCESS)
 }
 
-/// `kiln bench data`: the loader over an image folder with the training transform.
-fn data(
-    dir: &std::path::Path,
-    image_size: u32,
-    batch_size: usize,
-    workers: usize,
-    json: bool,
-) -> Result<ExitCode> {
+/// `kiln bench data`: the loader over an image folder with the training transform, and the
+/// cores it needs per 1,000 images a second (its decode threads over its rate).
+fn data(bench: &DataBench) -> Result<ExitCode> {
+    let &DataBench {
+        image_size,
+        batch_size,
+        workers,
+        raw,
+        json,
+        ..
+    } = bench;
     let sizes = kiln_engine::config::IMAGE_SIZES;
     check::count(
         "--image-size",
@@ -359,7 +364,7 @@ fn data(
     )?;
     check::count("--batch-size", batch_size, 1, 65_536)?;
     check::count("--workers", workers, 1, 1024)?;
-    let folder = ImageFolder::scan(dir)?;
+    let folder = ImageFolder::scan(&bench.dir)?;
     let loader = Loader::new(
         folder.samples.clone(),
         LoaderConfig {
@@ -372,7 +377,7 @@ fn data(
             skip_bad_images: false,
             mean: IMAGENET_MEAN,
             std: IMAGENET_STD,
-            raw: false,
+            raw,
         },
     )?;
     let sampler = Sampler {
@@ -388,22 +393,27 @@ fn data(
         images += batch?.len();
     }
     let secs = start.elapsed().as_secs_f64();
+    let rate = images as f64 / secs;
+    let cores_per_1000 = workers as f64 * 1000.0 / rate;
     if json {
         println!(
             "{}",
             serde_json::json!({"engine": "kiln", "images": images, "seconds": secs,
-                "images_per_s": images as f64 / secs, "peak_rss_mb": peak_rss_mb()})
+                "images_per_s": rate, "workers": workers, "raw": raw,
+                "cores_per_1000_images_per_s": cores_per_1000, "peak_rss_mb": peak_rss_mb()})
         );
     } else {
         println!(
-            "{:<8} {:>10} {:>10} {:>10}",
-            "images", "seconds", "img/s", "RSS MiB"
+            "{:<8} {:>10} {:>10} {:>8} {:>16} {:>10}",
+            "images", "seconds", "img/s", "workers", "cores/1000 img/s", "RSS MiB"
         );
         println!(
-            "{:<8} {:>10.2} {:>10.1} {:>10.0}",
+            "{:<8} {:>10.2} {:>10.1} {:>8} {:>16.2} {:>10.0}",
             images,
             secs,
-            images as f64 / secs,
+            rate,
+            workers,
+            cores_per_1000,
             peak_rss_mb()
         );
     }

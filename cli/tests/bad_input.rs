@@ -196,6 +196,10 @@ fn benchmarks_refuse_bad_sizes_and_counts_and_print_one_json_document() {
             vec!["kernels", "--size-mb", "0"],
             "--size-mb 0 is out of range",
         ),
+        (
+            vec!["data", "no-such-folder", "--workers", "0"],
+            "--workers 0 is out of range",
+        ),
     ] {
         let mut all = vec!["bench"];
         all.extend(args);
@@ -216,6 +220,32 @@ fn benchmarks_refuse_bad_sizes_and_counts_and_print_one_json_document() {
     let doc: serde_json::Value =
         serde_json::from_slice(&o.stdout).expect("stdout is exactly one JSON document");
     assert_eq!(doc["ranks"], 2);
+    // The loader as a GPU run drives it (crop and resize only), and what it costs in cores.
+    let val = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/fashion-mnist-mini/val");
+    let o = kiln(&[
+        "bench",
+        "data",
+        val.to_str().unwrap(),
+        "--image-size",
+        "32",
+        "--workers",
+        "1",
+        "--raw",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let doc: serde_json::Value =
+        serde_json::from_slice(&o.stdout).expect("stdout is exactly one JSON document");
+    assert_eq!(doc["images"], 500);
+    assert_eq!(doc["raw"], true);
+    let (rate, cores) = (
+        doc["images_per_s"].as_f64().expect("rate"),
+        doc["cores_per_1000_images_per_s"].as_f64().expect("cores"),
+    );
+    assert!(
+        rate > 0.0 && (cores - 1000.0 / rate).abs() < 1e-6 * cores,
+        "{doc}"
+    );
 }
 
 #[test]
